@@ -1,0 +1,1 @@
+"""Framework backends: everything framework-specific (models, autograd, memory stats) lives here."""

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random SD v1 model in the diffusers folder layout, the real CLIP tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKENIZER_DIR = FIXTURES / "clip-tokenizer"
+
+
+def reference_fixture_dir() -> Path | None:
+    """The official code's outputs on a tiny model (../shared/fixtures/reference-tiny), if present."""
+    env = os.environ.get("SUPPRESSEOT_REFERENCE_FIXTURE")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference-tiny"
+    return path if (path / "expected.json").exists() else None
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random tiny SD v1 pipeline saved once per test session (seeded: the same weights every run)."""
+    pytest.importorskip("diffusers")
+    from suppresseot.random_model import save_random_model
+
+    return save_random_model(tmp_path_factory.mktemp("tiny-sd") / "model", TOKENIZER_DIR, size="tiny", seed=0)
