@@ -1,0 +1,65 @@
+"""The thin interface the shared algorithm needs from a framework.
+
+A backend holds the three Stable Diffusion models of one framework and the few tensor operations that
+differ between frameworks (creating tensors, gradients, no-grad scopes, memory statistics). The
+algorithm itself (SWR, ITO losses, attention aggregation, DDIM, inversion, null-text optimization)
+lives in ``suppresseot.algorithm`` and uses only these methods plus arithmetic operators,
+``reshape``, ``sum``, ``sqrt``, ``mean`` and indexing, which torch tensors and jittor Vars share.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+Tensor = Any  # torch.Tensor or jittor.Var
+
+
+class Backend(Protocol):
+    name: str  # "torch" or "jittor"
+    device: str  # "cpu" or "cuda"
+    dtype: str  # model dtype: "float32", "float16" or "bfloat16"
+
+    # --- models -------------------------------------------------------------------------------
+    def encode_text(self, ids: list[int]) -> Tensor:
+        """(1, 77, D) last hidden state of the CLIP text encoder for 77 padded token ids."""
+
+    def unet(self, latents: Tensor, t: int, context: Tensor, recorder=None) -> Tensor:
+        """Noise prediction; ``recorder(probs, is_cross, place)`` receives every layer's attention."""
+
+    def vae_encode(self, image: np.ndarray) -> Tensor:
+        """(1, 4, h/8, w/8) latent (distribution mean times the scaling factor) of an RGB uint8 image."""
+
+    def vae_decode(self, latents: Tensor) -> np.ndarray:
+        """(B, H, W, 3) uint8 images, converted as the official code does (clamp, x255, truncate)."""
+
+    def initial_latent(self, seed: int) -> Tensor:
+        """(1, 4, 64, 64) starting noise, drawn as the official code does for a seed."""
+
+    # --- tensors ------------------------------------------------------------------------------
+    def from_numpy(self, array: np.ndarray) -> Tensor: ...
+
+    def to_numpy(self, tensor: Tensor) -> np.ndarray: ...
+
+    def to_float64(self, tensor: Tensor) -> Tensor: ...
+
+    def cat(self, tensors: list[Tensor]) -> Tensor: ...
+
+    def item(self, tensor: Tensor) -> float: ...
+
+    def value_and_grad(self, fn: Callable[[Tensor], tuple[Tensor, Any]], x: Tensor) -> tuple[Tensor, Any, Tensor]:
+        """Evaluate ``loss, aux = fn(x)`` with gradients on, return (loss, aux, d loss / d x) detached."""
+
+    def no_grad(self) -> AbstractContextManager: ...
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def synchronize(self) -> None: ...
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory(self) -> dict:
+        """{'allocated': bytes, 'reserved': bytes} since the last reset (None where not measurable)."""
+
+    def info(self) -> dict:
+        """Versions and settings for run.json."""

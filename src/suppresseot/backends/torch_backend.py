@@ -1,0 +1,204 @@
+"""PyTorch backend: diffusers' UNet and VAE, transformers' CLIP text encoder, torch autograd.
+
+Attention maps are read through diffusers' attention-processor API (``set_attn_processor``), not by
+replacing module ``forward``s, so the code follows diffusers releases. The processor computes
+attention explicitly (as diffusers' classic ``AttnProcessor`` and the official code do) where maps are
+needed or strict parity is asked for, and with fused SDPA elsewhere in fast mode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, SuppressEOTError
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise BackendUnavailable(
+        "PyTorch is not installed: pip install 'suppresseot[torch]' (or pick --backend jittor)") from exc
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LATENT_SHAPE = (1, 4, 64, 64)
+
+
+class RecordingAttnProcessor:
+    """diffusers attention processor that hands softmax probabilities to the active recorder."""
+
+    def __init__(self, backend: "TorchBackend", place: str):
+        self.backend = backend
+        self.place = place
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        recorder = self.backend.recorder
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape)
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        is_cross = encoder_hidden_states is not None
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        wanted = recorder is not None and recorder.wants(query.shape[1])
+        if self.backend.fused_attention and not wanted:
+            heads = attn.heads
+            q, k, v = (x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
+            hidden_states = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scale)
+            hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, heads * q.shape[-1])
+        else:
+            query = attn.head_to_batch_dim(query)
+            key = attn.head_to_batch_dim(key)
+            value = attn.head_to_batch_dim(value)
+            probs = attn.get_attention_scores(query, key, attention_mask)
+            if wanted:
+                recorder(probs, is_cross, self.place)
+            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SuppressEOTError(f"--device {device} was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        if dtype not in DTYPES:
+            raise SuppressEOTError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        self.device = pick_device(device)
+        self.dtype = dtype
+        self.torch_dtype = DTYPES[dtype]
+        self.fused_attention = fast
+        self.recorder = None
+        if not fast and self.device.startswith("cuda"):  # faithful: strict fp32 matmuls, as the reference ran
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        try:
+            load = dict(torch_dtype=self.torch_dtype)
+            self.text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
+            self.unet_model = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
+            self.vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **load)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise SuppressEOTError(f"could not load the model from {model_dir}: {str(exc).splitlines()[0]}") from exc
+        for module in (self.text_encoder, self.unet_model, self.vae):
+            module.to(self.device).eval().requires_grad_(False)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
+        self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
+                                            for name in self.unet_model.attn_processors})
+
+    # --- models -------------------------------------------------------------------------------
+    def encode_text(self, ids: list[int]):
+        with torch.no_grad():
+            return self.text_encoder(torch.tensor([ids], device=self.device))[0]
+
+    def unet(self, latents, t: int, context, recorder=None):
+        self.recorder = recorder
+        try:
+            return self.unet_model(latents, t, encoder_hidden_states=context).sample
+        finally:
+            self.recorder = None
+
+    def vae_encode(self, image: np.ndarray):
+        with torch.no_grad():
+            x = torch.from_numpy(image).float() / 127.5 - 1
+            x = x.permute(2, 0, 1).unsqueeze(0).to(self.device, self.torch_dtype)
+            return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    def vae_decode(self, latents) -> np.ndarray:
+        with torch.no_grad():
+            image = self.vae.decode((1 / self.scaling_factor) * latents.to(self.torch_dtype)).sample
+            image = (image / 2 + 0.5).clamp(0, 1)
+            return (image.float().cpu().permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+
+    def initial_latent(self, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(LATENT_SHAPE, generator=generator).to(self.device, self.torch_dtype)
+
+    # --- tensors ------------------------------------------------------------------------------
+    def from_numpy(self, array: np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return tensor if tensor.dtype == torch.float64 else tensor.to(self.torch_dtype)
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
+
+    def to_float64(self, tensor):
+        return tensor.to(torch.float64)
+
+    def cat(self, tensors):
+        return torch.cat(tensors)
+
+    def item(self, tensor) -> float:
+        return float(tensor.item())
+
+    def value_and_grad(self, fn, x):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss, aux = fn(x)
+            (grad,) = torch.autograd.grad(loss, x)
+        if isinstance(aux, dict):
+            aux = {k: v.detach() for k, v in aux.items()}
+        return loss.detach(), aux, grad
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def reset_peak_memory(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> dict:
+        if not self.device.startswith("cuda"):
+            return {"allocated": None, "reserved": None}
+        return {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}
+
+    def info(self) -> dict:
+        import diffusers
+        import transformers
+
+        info = {"backend": "torch", "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
+                "fused_attention": self.fused_attention}
+        if self.device.startswith("cuda"):
+            info["gpu"] = torch.cuda.get_device_name()
+            info["cuda"] = torch.version.cuda
+        return info
