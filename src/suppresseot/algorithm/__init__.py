@@ -1,0 +1,1 @@
+"""The SuppressEOT method, written once against the backend interface (``suppresseot.backends.base``)."""

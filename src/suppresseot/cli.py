@@ -1,0 +1,254 @@
+"""``suppress-eot``: the command line, a thin layer over ``suppresseot.api``.
+
+Bad input ends in one line on stderr and exit code 2 (``--debug`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from pathlib import Path
+
+from .errors import SuppressEOTError
+
+EXIT_BAD_INPUT = 2
+# Modules that add subcommands: each has ``add_parser(subparsers)`` and ``run(args) -> int``; the
+# parser each one adds sets ``command`` to its name. Imported lazily so `--help` stays quick.
+EXTRA_COMMANDS = {
+    "prepare": "suppresseot.study.cli",
+    "batch": "suppresseot.study.cli",
+    "eval": "suppresseot.evaluation.cli",
+    "report": "suppresseot.evaluation.cli",
+}
+
+
+def _token_group(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a token group: write indices separated by commas, e.g. 4,5 (or use --suppress-words)")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from .weights import DEFAULT_MODEL
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="Hugging Face hub id or local diffusers folder of a Stable Diffusion v1 model "
+                        "(default: %(default)s; runwayml/stable-diffusion-v1-5 works too)")
+    g.add_argument("--backend", choices=["torch", "jittor"], default="torch", help="framework (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="model weights' dtype (default: %(default)s, as the official code)")
+    g.add_argument("--fast", action="store_true",
+                   help="fused attention on layers whose maps are not needed (results differ slightly from the "
+                        "official code; default: off, faithful)")
+
+
+def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
+    g = p.add_argument_group("what to suppress (one run per token group x alpha x tau)")
+    g.add_argument("--suppress-tokens", nargs="+", type=_token_group, default=[], metavar="GROUP",
+                   help="token index groups, e.g. 4,5 7 (index 0 is the start token; see `suppress-eot tokens`)")
+    g.add_argument("--suppress-words", nargs="+", default=[], metavar="WORD",
+                   help='words or phrases of the prompt, each one group, e.g. "a beard" glasses')
+    g.add_argument("--alpha", nargs="+", type=_finite, default=[1.0],
+                   help="SWR strength(s): s *= exp(-alpha*s); -0.001 strengthens (add/replace) (default: 1.0)")
+    g.add_argument("--tau", nargs="+", type=_finite, default=[0.8],
+                   help="start SWR and ITO at step (1-tau)*steps, tau in [0, 1] (default: 0.8)")
+    m = p.add_argument_group("method (defaults are the official ones)")
+    m.add_argument("--method", default="soft-weight", choices=["soft-weight", "alpha", "beta", "delete", "weight"],
+                   help="SWR variant (default: %(default)s)")
+    m.add_argument("--iterations", type=int, default=10, help="ITO gradient steps per step; 0 disables ITO "
+                                                             "(default: %(default)s)")
+    m.add_argument("--max-step-to-erase", type=int, default=20,
+                   help="ITO runs at steps [(1-tau)*steps, this) (default: %(default)s)")
+    m.add_argument("--lambda-retain", type=_finite, default=1.0, help="cross-attention retain loss weight "
+                                                                      "(default: %(default)s)")
+    m.add_argument("--lambda-erase", type=_finite, default=-0.5, help="cross-attention erase loss weight "
+                                                                      "(default: %(default)s)")
+    m.add_argument("--lambda-self-retain", type=_finite, default=1.0, help="self-attention retain loss weight "
+                                                                           "(default: %(default)s)")
+    m.add_argument("--lambda-self-erase", type=_finite, default=-0.5, help="self-attention erase loss weight "
+                                                                           "(default: %(default)s)")
+    m.add_argument("--step-scale", type=_finite, default=None,
+                   help=f"ITO step size (default: {'5 for photos' if real else '20 for generated images'})")
+    m.add_argument("--all-heads", action="store_true",
+                   help="average all attention heads during ITO (the official code averages only the first half; "
+                        "default: off)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    s.add_argument("--guidance-scale", type=_finite, default=7.5, help="classifier-free guidance (default: "
+                                                                       "%(default)s)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="runs", help="folder for run directories (default: %(default)s)")
+    o.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    o.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="suppress-eot",
+        description="Suppress (or add, or replace) what a prompt names in Stable Diffusion images: "
+                    "SuppressEOT (ICLR 2024) on PyTorch or Jittor.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"suppresseot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="generate an image from a prompt and suppress words of it",
+                         description="Generate from PROMPT with SEED; write the original and the suppressed image.")
+    gen.add_argument("prompt", help="the text prompt")
+    gen.add_argument("--seed", type=int, default=2, help="seed of the initial noise (default: %(default)s, as the "
+                                                         "official code)")
+    _add_model_options(gen)
+    _add_method_options(gen, real=False)
+
+    edit = sub.add_parser("edit", help="suppress words of a photo's caption in the photo",
+                          description="Invert IMAGE (centre-cropped to 512x512) and suppress what the prompt names.")
+    edit.add_argument("image", help="path of a JPEG/PNG photo")
+    edit.add_argument("--prompt", help="caption of the photo (default: the file name without extension)")
+    edit.add_argument("--inversion", choices=["nt", "npi"], default="nt",
+                      help="nt: null-text optimization, npi: negative-prompt inversion (default: %(default)s)")
+    edit.add_argument("--null-text-steps", type=int, default=10, help="Adam steps per DDIM step (default: "
+                                                                      "%(default)s)")
+    edit.add_argument("--null-text-epsilon", type=_finite, default=1e-5,
+                      help="early stop at loss < epsilon + step*2e-5 (default: %(default)s)")
+    _add_model_options(edit)
+    _add_method_options(edit, real=True)
+
+    tok = sub.add_parser("tokens", help="print the prompt's token index table",
+                         description="Print the index of every CLIP token of PROMPT (what --suppress-tokens takes).")
+    tok.add_argument("prompt")
+    tok.add_argument("--model", default=None, help="take the tokenizer from this model (default: the CLIP "
+                                                   "tokenizer of SD v1 shipped with suppresseot)")
+    tok.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    import importlib
+
+    for module_name in dict.fromkeys(EXTRA_COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def shipped_tokenizer():
+    from .tokens import Tokenizer
+
+    folder = Path(__file__).parent / "data" / "clip-tokenizer"
+    return Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt")
+
+
+def cmd_tokens(args) -> int:
+    from .tokens import Tokenizer, token_table
+    from .weights import resolve_model
+
+    tokenizer = Tokenizer.from_pretrained(resolve_model(args.model)) if args.model else shipped_tokenizer()
+    print(token_table(tokenizer, args.prompt).format())
+    return 0
+
+
+def _settings(args):
+    from .algorithm.losses import Lambdas
+    from .config import SamplingSettings, SuppressionSettings
+
+    lambdas = Lambdas(args.lambda_retain, args.lambda_erase, args.lambda_self_retain, args.lambda_self_erase)
+    runs = []
+    for alpha, tau in itertools.product(args.alpha, args.tau):
+        runs.append(SuppressionSettings(alpha=alpha, tau=tau, method=args.method, iterations=args.iterations,
+                                        max_step_to_erase=args.max_step_to_erase, lambdas=lambdas,
+                                        step_scale=args.step_scale, all_heads=args.all_heads).validate())
+    return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_run(args) -> int:
+    from .config import InversionSettings
+    from .runs import check_writable, save_run
+    from .tokens import Tokenizer, resolve_groups, token_table
+    from .weights import resolve_model
+
+    runs, sampling = _settings(args)
+    inversion = None
+    if args.command == "edit":
+        inversion = InversionSettings(args.inversion, args.null_text_steps, args.null_text_epsilon).validate()
+        from .images import load_rgb
+
+        load_rgb(args.image)  # fail on a bad image before loading any model
+        if args.prompt is None:
+            args.prompt = Path(args.image).stem
+            _note(f"prompt (from the file name): {args.prompt!r}")
+    if not args.suppress_tokens and not args.suppress_words:
+        raise SuppressEOTError('name what to suppress with --suppress-tokens 4,5 or --suppress-words "a beard" '
+                               '(see `suppress-eot tokens "PROMPT"`)')
+    out_dir = check_writable(args.out)
+    model_dir = resolve_model(args.model)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    table = token_table(tokenizer, args.prompt)
+    groups = resolve_groups(tokenizer, table, list(args.suppress_tokens) + list(args.suppress_words))
+
+    from .api import SuppressEOT, load_backend
+
+    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast)
+    model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
+    command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
+    inverted = None
+    if args.command == "edit":
+        _note(f"inverting {args.image} ({'null-text' if inversion.method == 'nt' else 'negative-prompt'} inversion, "
+              f"{sampling.num_steps} steps)")
+        inverted = model.invert(args.image, args.prompt, inversion, steps=sampling.num_steps,
+                                guidance_scale=sampling.guidance_scale)
+    cases = list(itertools.product(groups, runs))
+    for number, (group, settings) in enumerate(cases, 1):
+        words = " ".join(table.words[i] for i in group)
+        _note(f"[{number}/{len(cases)}] suppressing {group} ({words}), alpha {settings.alpha:g}, tau {settings.tau:g}")
+        if inverted is not None:
+            result = model.edit(inverted, suppress=group, settings=settings, guidance_scale=sampling.guidance_scale)
+        else:
+            result = model.generate(args.prompt, group, seed=args.seed, settings=settings, steps=sampling.num_steps,
+                                    guidance_scale=sampling.guidance_scale)
+        path = save_run(result, out_dir, extra=command)
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "tokens":
+            return cmd_tokens(args)
+        if args.command in EXTRA_COMMANDS:
+            import importlib
+
+            return importlib.import_module(EXTRA_COMMANDS[args.command]).run(args)
+        return cmd_run(args)
+    except SuppressEOTError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"suppress-eot: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("suppress-eot: interrupted; finished runs are saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
