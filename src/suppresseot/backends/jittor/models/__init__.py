@@ -1,0 +1,16 @@
+"""Native Jittor Stable Diffusion v1 models with diffusers/transformers parameter names.
+
+Importing this package imports jittor through ``env.ensure_jittor`` (offline-safe environment defaults,
+compile output to a log, ``BackendUnavailable`` on failure); call ``env.import_jittor(device)`` to pick
+the device.
+"""
+from ..env import ensure_jittor
+
+ensure_jittor()
+
+from .clip import CLIPTextModel  # noqa: E402
+from .layers import Attention  # noqa: E402
+from .unet import UNet2DConditionModel  # noqa: E402
+from .vae import AutoencoderKL  # noqa: E402
+
+__all__ = ["Attention", "AutoencoderKL", "CLIPTextModel", "UNet2DConditionModel"]

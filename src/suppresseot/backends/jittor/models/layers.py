@@ -1,0 +1,132 @@
+"""Building blocks shared by the Jittor UNet and VAE, named like diffusers' modules so checkpoints load as-is.
+
+Normalisation layers compute their statistics in float32 with a two-pass variance (jittor's stock
+GroupNorm/LayerNorm use E[x^2] - E[x]^2, which loses digits when activations have a large mean and
+breaks down in float16); everything else is the stock ``jittor.nn`` layer.
+"""
+from __future__ import annotations
+
+import jittor as jt
+from jittor import nn
+
+# -- normalisation --------------------------------------------------------------------------------
+
+
+class GroupNorm(nn.GroupNorm):
+    """torch.nn.GroupNorm numerics: float32 statistics, biased variance, output in the input dtype."""
+
+    def execute(self, x):
+        n, c = x.shape[0], x.shape[1]
+        g = x.float32().reshape((n, self.num_groups, -1))
+        mean = g.mean(dim=2, keepdims=True)
+        g = g - mean
+        var = (g * g).mean(dim=2, keepdims=True)
+        g = (g / jt.sqrt(var + self.eps)).reshape(x.shape).cast(x.dtype)
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        return g * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+class LayerNorm(nn.LayerNorm):
+    """torch.nn.LayerNorm over the last dimension, statistics in float32."""
+
+    def execute(self, x):
+        h = x.float32()
+        h = h - h.mean(dim=-1, keepdims=True)
+        var = (h * h).mean(dim=-1, keepdims=True)
+        return (h / jt.sqrt(var + self.eps)).cast(x.dtype) * self.weight + self.bias
+
+
+def silu(x):
+    return x * jt.sigmoid(x)
+
+
+# -- attention ------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """diffusers' ``Attention`` with the classic processor, written out so attention maps can be recorded.
+
+    ``recorder(probs, is_cross, place_in_unet)`` (when set, and unless ``recorder.wants(query_length)``
+    exists and says no) sees the (B*heads, queries, keys) float32 softmax probabilities, row
+    ``b * heads + h`` as in diffusers' ``head_to_batch_dim``; they stay in the graph, so ``jt.grad``
+    can flow through whatever the recorder computes from them.
+    """
+
+    def __init__(self, query_dim, heads, dim_head, cross_attention_dim=None, bias=False,
+                 is_cross=False, place_in_unet=None):
+        inner = heads * dim_head
+        self.heads, self.scale = heads, dim_head ** -0.5
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
+        self.to_v = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim))  # diffusers: [Linear, Dropout]
+        self.is_cross, self.place_in_unet = is_cross, place_in_unet
+        self.recorder = None
+
+    def _split(self, x):  # (B, L, H*D) -> (B*H, L, D)
+        b, n, _ = x.shape
+        return x.reshape((b, n, self.heads, -1)).permute(0, 2, 1, 3).reshape((b * self.heads, n, -1))
+
+    def _merge(self, x):  # (B*H, L, D) -> (B, L, H*D)
+        bh, n, d = x.shape
+        return x.reshape((bh // self.heads, self.heads, n, d)).permute(0, 2, 1, 3).reshape((bh // self.heads, n, -1))
+
+    def execute(self, x, context=None):
+        context = x if context is None else context
+        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
+        scores = nn.bmm_transpose(q, k) * self.scale
+        probs = nn.softmax(scores.float32(), dim=-1)
+        rec = self.recorder
+        if rec is not None and (not hasattr(rec, "wants") or rec.wants(q.shape[1])):
+            rec(probs, self.is_cross, self.place_in_unet)
+        out = nn.bmm(probs.cast(v.dtype), v)
+        return self.to_out(self._merge(out))
+
+
+# -- convolutional blocks -------------------------------------------------------------------------
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' ResnetBlock2D (``resnet_time_scale_shift='default'``, SiLU, optional time embedding)."""
+
+    def __init__(self, in_channels, out_channels, temb_channels=None, groups=32, eps=1e-6, output_scale_factor=1.0):
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.norm2 = GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.output_scale_factor = output_scale_factor
+
+    def execute(self, x, temb=None):
+        h = self.conv1(silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
+        h = self.conv2(silu(self.norm2(h)))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        out = skip + h
+        return out if self.output_scale_factor == 1 else out / self.output_scale_factor
+
+
+class Downsample2D(nn.Module):
+    """Stride-2 3x3 conv; ``padding=0`` (the VAE encoder) pads right/bottom by one first, as diffusers does."""
+
+    def __init__(self, channels, padding=1):
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def execute(self, x):
+        if self.padding == 0:
+            x = nn.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour upsampling (to ``size`` when given, else x2) followed by a 3x3 conv."""
+
+    def __init__(self, channels):
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def execute(self, x, size=None):
+        size = tuple(size) if size is not None else (x.shape[2] * 2, x.shape[3] * 2)
+        return self.conv(nn.interpolate(x, size=size, mode="nearest"))

@@ -1,0 +1,257 @@
+"""The Jittor SD v1 modules against diffusers/transformers on the same tiny random weights (fp32, CPU).
+
+Skipped with a reason when jittor is missing or cannot run here. Few distinct shapes on purpose: each
+new op shape makes jittor compile (seconds each on 2 cores).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.jittor
+
+if __import__("importlib").util.find_spec("jittor") is None:
+    pytest.skip("jittor is not installed (pip install 'suppresseot[jittor]')", allow_module_level=True)
+
+from suppresseot.errors import BackendUnavailable  # noqa: E402
+
+try:
+    from suppresseot.backends.jittor.env import import_jittor
+
+    jt = import_jittor("cpu")
+except BackendUnavailable as exc:
+    pytest.skip(f"jittor cannot run here: {exc}", allow_module_level=True)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from suppresseot.backends.jittor import loading  # noqa: E402
+
+LATENT = (1, 4, 64, 64)  # 512 px: all 32 attention layers, 16x16 maps in down_blocks.2 / up_blocks.1
+TIMESTEP = 421
+TOKENS = slice(1, 6)  # the "words" whose 16x16 cross maps the gradient test differentiates
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jt_models(tiny_model_dir):
+    return loading.load_sd_components(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_models(tiny_model_dir):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    load = lambda cls, sub: cls.from_pretrained(tiny_model_dir, subfolder=sub).eval()  # noqa: E731
+    return load(CLIPTextModel, "text_encoder"), load(UNet2DConditionModel, "unet"), load(AutoencoderKL, "vae")
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    return {"ids": np.concatenate([[49406], rng.integers(400, 49000, 8), [49407] * 68])[None].astype(np.int64),
+            "latent": rng.standard_normal(LATENT).astype(np.float32),
+            "image": rng.uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32),
+            "z": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def context(torch_models, inputs):
+    with torch.no_grad():
+        return torch_models[0](torch.from_numpy(inputs["ids"])).last_hidden_state.numpy()
+
+
+class TorchRecorder:
+    """A diffusers attention processor computing attention explicitly (as the SuppressEOT code does) and recording probs."""
+
+    def __init__(self, place):
+        self.place, self.calls = place, None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        ctx = encoder_hidden_states if is_cross else hidden_states
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k, v = attn.head_to_batch_dim(attn.to_k(ctx)), attn.head_to_batch_dim(attn.to_v(ctx))
+        probs = attn.get_attention_scores(q, k, None)
+        self.calls.append((probs, is_cross, self.place))
+        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
+
+
+def torch_recorded_forward(unet, latent, context, timestep=TIMESTEP):
+    calls = []
+    procs = {}
+    for name in unet.attn_processors:
+        procs[name] = TorchRecorder(name.split("_")[0])  # down_blocks / mid_block / up_blocks -> down / mid / up
+        procs[name].calls = calls
+    unet.set_attn_processor(procs)
+    out = unet(latent, timestep, context).sample
+    return out, calls
+
+
+class Recorder16:
+    """Like the algorithm's AttentionRecorder: ``wants`` limits recording to the 16x16 layers."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def wants(self, query_length):
+        return query_length == 256
+
+    def __call__(self, probs, is_cross, place):
+        self.calls.append((probs, is_cross, place))
+
+
+def jittor_recorded_forward(unet, latent, context, timestep=TIMESTEP, only_16=False):
+    calls = []
+    unet.set_attention_recorder(Recorder16(calls) if only_16 else
+                                lambda probs, is_cross, place: calls.append((probs, is_cross, place)))
+    try:
+        return unet(latent, timestep, context), calls
+    finally:
+        unet.set_attention_recorder(None)
+
+
+def cross_16(calls):
+    return [p for p, is_cross, _ in calls if is_cross and p.shape[1] == 256]
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_text_encoder_matches_transformers(jt_models, context, inputs):
+    out = jt_models[0](jt.array(inputs["ids"].astype(np.int32))).numpy()
+    assert out.shape == context.shape == (1, 77, 128)
+    assert rel(out, context) < 1e-4
+
+
+def test_unet_and_attention_maps_match_diffusers(jt_models, torch_models, inputs, context):
+    with torch.no_grad():
+        ref, ref_calls = torch_recorded_forward(torch_models[1], torch.from_numpy(inputs["latent"]),
+                                                torch.from_numpy(context))
+    out, calls = jittor_recorded_forward(jt_models[1], jt.array(inputs["latent"]), jt.array(context))
+    assert rel(out.numpy(), ref.numpy()) < 1e-4
+    assert len(calls) == len(jt_models[1].attention_modules()) == 32
+    assert [(c, pl, tuple(p.shape)) for p, c, pl in calls] == [(c, pl, tuple(p.shape)) for p, c, pl in ref_calls]
+    assert sum(c for _, c, _ in calls) == 16 and {pl for _, _, pl in calls} == {"down", "mid", "up"}
+    ours, theirs = cross_16(calls), cross_16(ref_calls)
+    assert len(ours) == 5  # down_blocks.2 x2, up_blocks.1 x3 in the tiny model
+    assert rel(ours[0].numpy(), theirs[0].numpy()) < 1e-4
+    assert ours[0].dtype == "float32"
+
+
+def test_gradient_through_recorded_cross_maps(jt_models, torch_models, inputs, context):
+    def loss_of(maps):
+        return sum((m[:, :, TOKENS] ** 2).sum() for m in maps)
+
+    ctx_t = torch.from_numpy(context).requires_grad_(True)
+    _, ref_calls = torch_recorded_forward(torch_models[1], torch.from_numpy(inputs["latent"]), ctx_t)
+    loss_of(cross_16(ref_calls)).backward()
+
+    ctx_j = jt.array(context)
+    _, calls = jittor_recorded_forward(jt_models[1], jt.array(inputs["latent"]), ctx_j, only_16=True)
+    assert len(calls) == 10 and all(p.shape[1] == 256 for p, _, _ in calls)
+    grad = jt.grad(loss_of(cross_16(calls)), ctx_j).numpy()
+    assert np.abs(ctx_t.grad.numpy()).max() > 0
+    assert rel(grad, ctx_t.grad.numpy()) < 1e-3
+
+
+def test_vae_encode_decode_match_diffusers(jt_models, torch_models, inputs):
+    vae, ref = jt_models[2], torch_models[2]
+    with torch.no_grad():
+        mean = ref.encode(torch.from_numpy(inputs["image"])).latent_dist.mean.numpy()
+        image = ref.decode(torch.from_numpy(inputs["z"])).sample.numpy()
+    assert rel(vae.encode(jt.array(inputs["image"])).numpy(), mean) < 1e-4
+    assert rel(vae.decode(jt.array(inputs["z"])).numpy(), image) < 1e-4
+
+
+def test_unet_linear_projection_and_per_block_heads(tiny_model_dir, inputs, context):
+    """v1.5 fine-tunes may use ``use_linear_projection``; heads may be a per-block list; timestep as a Var."""
+    from diffusers import UNet2DConditionModel
+
+    from suppresseot.backends.jittor.models import UNet2DConditionModel as JtUNet
+
+    config = json.loads((Path(tiny_model_dir) / "unet" / "config.json").read_text())
+    config.update(use_linear_projection=True, attention_head_dim=[1, 2, 2, 4])
+    torch.manual_seed(1)
+    ref = UNet2DConditionModel.from_config(config).eval()
+    unet = JtUNet(config)
+    loading.load_state(unet, {k: v.numpy() for k, v in ref.state_dict().items()}, "linear-projection unet")
+    unet.eval()
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(inputs["latent"]), TIMESTEP, torch.from_numpy(context)).sample.numpy()
+    out = unet(jt.array(inputs["latent"]), jt.array(np.array([TIMESTEP])), jt.array(context)).numpy()
+    assert rel(out, expected) < 1e-4
+
+
+def test_safetensors_reader_float16_bfloat16(tmp_path):
+    from safetensors.torch import save_file
+
+    x = torch.randn(3, 5)
+    save_file({"f32": x, "f16": x.half(), "bf16": x.bfloat16(), "i64": torch.arange(4)}, tmp_path / "t.safetensors")
+    got = loading.load_safetensors_numpy(tmp_path / "t.safetensors")
+    assert got["f32"].dtype == np.float32 and np.array_equal(got["f32"], x.numpy())
+    assert got["f16"].dtype == np.float16 and np.array_equal(got["f16"], x.half().numpy())
+    assert got["bf16"].dtype == np.float32 and np.array_equal(got["bf16"], x.bfloat16().float().numpy())
+    assert np.array_equal(got["i64"], np.arange(4))
+
+
+def test_old_vae_attention_names_and_key_errors(jt_models, tiny_model_dir):
+    from suppresseot.errors import SuppressEOTError
+
+    vae = jt_models[2]
+    state = loading.load_safetensors_numpy(Path(tiny_model_dir) / "vae" / "diffusion_pytorch_model.safetensors")
+    old = {}
+    for k, v in state.items():
+        for new, legacy in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            k = k.replace(f"attentions.0.{new}.", f"attentions.0.{legacy}.")
+        old[k] = v[:, :, None, None] if k.endswith("query.weight") else v  # one in the 1x1-conv form
+    assert any(".query." in k for k in old)
+    loading.load_state(vae, loading._rename_vae(old), "old-style vae")
+    w = vae.encoder.mid_block.attentions[0].to_q.weight.numpy()
+    assert np.array_equal(w, state["encoder.mid_block.attentions.0.to_q.weight"])
+    broken = dict(state, extra_weight=state["quant_conv.bias"])
+    del broken["quant_conv.weight"]
+    with pytest.raises(SuppressEOTError, match=r"1 missing \(e.g. quant_conv.weight\); 1 unexpected \(e.g. extra_weight\)"):
+        loading.load_state(vae, broken, "broken vae")
+
+
+def test_loading_without_torch(tiny_model_dir, context, inputs, tmp_path):
+    """The Jittor package must not need torch: load the tiny model and run the text encoder with torch blocked."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import numpy as np
+        from suppresseot.backends.jittor.env import import_jittor
+        jt = import_jittor("cpu")
+        from suppresseot.backends.jittor.loading import load_sd_components
+        te, unet, vae = load_sd_components({str(tiny_model_dir)!r})
+        ids = np.array({inputs["ids"].tolist()!r}, dtype=np.int32)
+        np.save(sys.argv[1], te(jt.array(ids)).numpy())
+    """)
+    out = tmp_path / "hidden.npy"
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert rel(np.load(out), context) < 1e-4
+
+
+def test_unsupported_config_is_a_clear_error(tiny_model_dir):
+    from suppresseot.backends.jittor.models import UNet2DConditionModel as JtUNet
+    from suppresseot.errors import SuppressEOTError
+
+    config = json.loads((Path(tiny_model_dir) / "unet" / "config.json").read_text())
+    with pytest.raises(SuppressEOTError, match="resnet_time_scale_shift"):
+        JtUNet(dict(config, resnet_time_scale_shift="scale_shift"))
