@@ -1,0 +1,114 @@
+"""``suppress-eot eval`` and ``suppress-eot report`` (added to the main CLI through ``EXTRA_COMMANDS``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import SuppressEOTError
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def add_parser(subparsers) -> None:
+    from ..cli import _finite
+    from .clipscore import DEFAULT_CLIP
+    from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD
+
+    ev = subparsers.add_parser(
+        "eval", help="CLIPScore of every run against the prompt and against the prompt without the suppressed words",
+        description="Score the original-branch and the suppressed image of every run directory in RESULTS_DIR with "
+                    "CLIPScore (Hessel et al. 2021) against (a) the original prompt (suppression works when it "
+                    "drops) and (b) the prompt without the suppressed words (the rest is kept when it holds). "
+                    "Writes a CSV row per run and a markdown table per dataset and backend.")
+    ev.set_defaults(command="eval")
+    ev.add_argument("results", metavar="RESULTS_DIR", help="folder of run directories (e.g. the --out of batch)")
+    ev.add_argument("--clip-model", default=DEFAULT_CLIP,
+                    help="hub id or local folder of a transformers CLIPModel (default: %(default)s)")
+    ev.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
+    ev.add_argument("--out", type=Path, default=None, metavar="FILE",
+                    help="the per-run CSV (default: RESULTS_DIR/clipscores.csv, which `report` reads); the markdown "
+                         "table is written beside it with the suffix .md")
+    ev.add_argument("--detector", nargs="?", const=DEFAULT_DETECTOR, default=None, metavar="MODEL",
+                    help="also count images where a zero-shot object detector still finds the suppressed word "
+                         f"(DetScore-style; without MODEL: {DEFAULT_DETECTOR})")
+    ev.add_argument("--detector-threshold", type=_finite, default=DEFAULT_THRESHOLD,
+                    help="a box scoring above this counts as detected (default: %(default)s)")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+    rep = subparsers.add_parser(
+        "report", help="compare two sets of runs (e.g. torch vs jittor) in a markdown report with plots",
+        description="Write DIR/report.md with PNG plots comparing the runs in RUNS_A and RUNS_B: ITO loss, seconds "
+                    "per iteration, memory, time and CLIPScore per dataset (run `eval` first for the scores), image "
+                    "grids and parity numbers of the tasks both ran. RUNS_A and RUNS_B may be the same folder when "
+                    "it holds both backends' runs and --labels names the backends.")
+    rep.set_defaults(command="report")
+    rep.add_argument("runs_a", metavar="RUNS_A", help="folder of run directories (first side)")
+    rep.add_argument("runs_b", metavar="RUNS_B", help="folder of run directories (second side, the reference)")
+    rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and its PNGs")
+    rep.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("LABEL_A", "LABEL_B"),
+                     help="names of the two sides, e.g. torch jittor (default: A B)")
+    rep.add_argument("--thumb", type=_at_least(16), default=128, metavar="PX",
+                     help="image size in the grids (default: %(default)s)")
+    rep.add_argument("--max-grid-tasks", type=_at_least(0), default=24, metavar="N",
+                     help="at most N tasks per dataset in the image grids; 0: all (default: %(default)s)")
+    rep.add_argument("--title", default=None, help="the report's title")
+    rep.add_argument("--note", default=None, help="a paragraph under the title (e.g. what the runs were)")
+    rep.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def run(args) -> int:
+    if args.command == "eval":
+        return cmd_eval(args)
+    if args.command == "report":
+        return cmd_report(args)
+    raise SuppressEOTError(f"unknown command {args.command!r}")
+
+
+def cmd_eval(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..runs import check_writable
+    from . import find_runs, write_csv
+    from .clipscore import COLUMNS, CLIPScorer, markdown_report, score_runs
+
+    runs = find_runs(args.results)
+    csv_path = Path(args.out) if args.out else Path(args.results) / "clipscores.csv"
+    md_path = csv_path.with_suffix(".md")
+    check_writable(csv_path.parent)  # before loading any model
+    scorer = CLIPScorer(args.clip_model, device=args.device)
+    detector = None
+    if args.detector:
+        from .detect import Detector
+
+        detector = Detector(args.detector, device=args.device)
+    bar = tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)
+    rows = score_runs(runs, scorer, detector, args.detector_threshold, progress=lambda *_: bar.update())
+    bar.close()
+    write_csv(csv_path, COLUMNS, rows)
+    text = markdown_report(rows, scorer.name, detector.name if detector else None, args.detector_threshold)
+    md_path.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"wrote {csv_path} ({len(rows)} runs) and {md_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs_a, args.runs_b, args.out, labels=args.labels, thumb=args.thumb,
+                        max_grid_tasks=args.max_grid_tasks or None, title=args.title, note=args.note)
+    print(path)
+    return 0

@@ -1,0 +1,240 @@
+"""CLIPScore of every run against the full prompt and against the prompt without the suppressed words.
+
+CLIPScore is Hessel et al. 2021 (https://arxiv.org/abs/2104.08718): ``w * max(cos(E_img, E_txt), 0)``
+with ``w = 2.5``, CLIP ViT-B/32 and the caption prefixed ``"A photo depicts "``. One score alone says
+little about suppression: against the prompt with the negative word removed, any image that keeps
+the rest scores well, including one where nothing was suppressed. So each image is scored twice:
+
+* against the original prompt: suppression works when the suppressed image scores lower than the
+  original-branch image (``delta_prompt`` < 0);
+* against the prompt without the suppressed words: the rest of the content is kept when the score
+  holds (``delta_kept`` near 0).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import SuppressEOTError
+from . import Run, fmt, group_label, markdown_table, mean, to_float
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+PREFIX = "A photo depicts "
+WEIGHT = 2.5
+SCORE_COLUMNS = ["original_vs_prompt", "suppressed_vs_prompt", "delta_prompt",
+                 "original_vs_kept", "suppressed_vs_kept", "delta_kept"]
+DETECT_COLUMNS = ["detector_query", "original_detector_score", "suppressed_detector_score",
+                  "original_detected", "suppressed_detected"]
+COLUMNS = (["run_dir", "task", "dataset", "mode", "backend", "kind", "prompt", "suppressed_words", "kept_prompt"]
+           + SCORE_COLUMNS + DETECT_COLUMNS + ["note"])
+
+
+def clip_score(cosine, weight: float = WEIGHT):
+    """Hessel et al.'s rescaling: negative similarities count as 0, then ``* 2.5`` to spread the range."""
+    return weight * np.maximum(cosine, 0.0)
+
+
+def split_prompt(prompt: str, tokens: list[dict], indices: list[int]) -> tuple[str, str]:
+    """(the prompt without the words of tokens ``indices``, those words), in the prompt's own spelling.
+
+    ``"A dog in Van Gogh Style"`` with tokens 4,5,6 -> ``("A dog in", "Van Gogh Style")``. Each token's
+    text is found in order in the lower-cased prompt (the CLIP tokenizer lower-cases); a sub-word
+    token takes its whole word with it. If the tokens cannot be aligned (unusual unicode), the kept
+    prompt is the remaining token texts joined by spaces.
+    """
+    drop = set(indices)
+    words = [(int(row["index"]), str(row["token"])) for row in tokens
+             if row.get("kind", "word") == "word" and str(row.get("token", "")).strip()]
+    lower, cursor, removed = prompt.lower(), 0, [False] * len(prompt)
+    for index, text in words:
+        start = lower.find(text.lower(), cursor)
+        if start < 0:
+            kept = " ".join(t for i, t in words if i not in drop)
+            return kept, " ".join(t for i, t in words if i in drop)
+        end = cursor = start + len(text)
+        if index in drop:
+            while start > 0 and prompt[start - 1].isalnum():
+                start -= 1
+            while end < len(prompt) and prompt[end].isalnum():
+                end += 1
+            removed[start:end] = [True] * (end - start)
+
+    def tidy(chars) -> str:
+        text = re.sub(r"\s+", " ", "".join(chars)).strip()
+        return re.sub(r"\s+([,.;:!?])", r"\1", text).strip(" ,;:")
+
+    kept = tidy(c if not r else " " for c, r in zip(prompt, removed))
+    gone = tidy(c if r else " " for c, r in zip(prompt, removed))
+    return kept, gone
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the first CUDA GPU if torch sees one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class CLIPScorer:
+    """A CLIP model (transformers) that embeds prompts and images, L2-normalised."""
+
+    def __init__(self, model: str | os.PathLike = DEFAULT_CLIP, device: str = "auto", batch_size: int = 16):
+        try:
+            import torch
+            from transformers import CLIPModel, CLIPProcessor
+        except ImportError as exc:
+            raise SuppressEOTError(f"eval needs torch and transformers ({_short(exc)}): "
+                                   f"pip install 'suppresseot[torch,eval]'") from exc
+        self.torch = torch
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.name = str(model)
+        try:
+            self.model = CLIPModel.from_pretrained(str(model)).to(self.device).eval()
+            self.processor = CLIPProcessor.from_pretrained(str(model))
+        except Exception as exc:  # hub errors, missing files, wrong architecture: all one line
+            raise SuppressEOTError(
+                f"cannot load the CLIP model {model!r} ({_short(exc)}); give a hub id such as {DEFAULT_CLIP} or a "
+                f"folder with a CLIPModel (config.json, weights), its tokenizer and preprocessor_config.json") from exc
+        self.max_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
+
+    def _features(self, output):
+        # transformers >= 5 returns a model output whose pooler_output is the projected embedding
+        features = getattr(output, "pooler_output", output)
+        features = features / features.norm(dim=-1, keepdim=True)
+        return features.float().cpu().numpy()
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit embeddings of ``PREFIX + text`` (truncated to CLIP's context, as Hessel et al.'s code)."""
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = [PREFIX + t for t in texts[start:start + self.batch_size]]
+            inputs = self.processor.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                              return_tensors="pt").to(self.device)
+            with self.torch.no_grad():
+                chunks.append(self._features(self.model.get_text_features(**inputs)))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            inputs = self.processor.image_processor(images=images[start:start + self.batch_size],
+                                                    return_tensors="pt").to(self.device)
+            with self.torch.no_grad():
+                chunks.append(self._features(self.model.get_image_features(**inputs)))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def scores(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        """CLIPScore of every image against every text (images x texts)."""
+        return clip_score(self.embed_images(images) @ self.embed_texts(texts).T)
+
+
+def _load(path: Path | None) -> Image.Image | None:
+    if path is None:
+        return None
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def score_runs(runs: list[Run], scorer: CLIPScorer, detector=None, threshold: float = 0.1,
+               progress=None) -> list[dict]:
+    """One row per run: its scores against both prompts, the deltas, and the detector's check if any.
+
+    Runs are scored one at a time (two images, two texts) so memory stays flat on thousands of runs.
+    """
+    rows = []
+    for number, run in enumerate(runs, 1):
+        kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
+        row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
+               "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
+               "suppressed_words": words, "kept_prompt": kept}
+        original, suppressed = _load(run.file("original.png")), _load(run.file("suppressed.png"))
+        if original is None or suppressed is None:
+            row["note"] = "original.png or suppressed.png missing"
+        else:
+            (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
+            row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
+                       original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
+            if detector is not None:
+                from .detect import detected, detector_query
+
+                query = detector_query(run, words)
+                before, after = detector.best_scores([original, suppressed], query)
+                row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
+                           original_detected=int(detected(before, threshold)),
+                           suppressed_detected=int(detected(after, threshold)))
+        rows.append(row)
+        if progress is not None:
+            progress(number, len(runs), run)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Means per (dataset, backend), the share of runs whose score against the prompt dropped, detector counts."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((group_label(row["dataset"], row.get("mode", "")), row["backend"]), []).append(row)
+    table = []
+    for (dataset, backend), members in sorted(groups.items()):
+        scored = [r for r in members if to_float(r.get("delta_prompt")) is not None]
+        entry = {"dataset": dataset, "backend": backend, "runs": len(members), "scored": len(scored)}
+        for column in SCORE_COLUMNS:
+            entry[column] = mean(to_float(r.get(column)) for r in scored)
+        entry["dropped"] = (sum(to_float(r["delta_prompt"]) < 0 for r in scored) / len(scored)) if scored else None
+        checked = [r for r in scored if str(r.get("original_detected", "")) in ("0", "1")]
+        if checked:
+            entry["original_detected"] = sum(int(r["original_detected"]) for r in checked)
+            entry["suppressed_detected"] = sum(int(r["suppressed_detected"]) for r in checked)
+            entry["detector_checked"] = len(checked)
+        table.append(entry)
+    return table
+
+
+def summary_markdown(table: list[dict]) -> str:
+    columns = ["dataset", "backend", "runs", "orig→prompt", "supp→prompt", "Δ prompt", "dropped",
+               "orig→kept", "supp→kept", "Δ kept"]
+    detector = any("detector_checked" in e for e in table)
+    if detector:
+        columns += ["detected orig", "detected supp"]
+    body = []
+    for e in table:
+        line = [e["dataset"], e["backend"], e["runs"] if e["scored"] == e["runs"] else f"{e['scored']}/{e['runs']}",
+                e["original_vs_prompt"], e["suppressed_vs_prompt"], e["delta_prompt"],
+                None if e["dropped"] is None else f"{100 * e['dropped']:.0f}%",
+                e["original_vs_kept"], e["suppressed_vs_kept"], e["delta_kept"]]
+        if detector:
+            n = e.get("detector_checked")
+            line += [f"{e['original_detected']}/{n}" if n else "", f"{e['suppressed_detected']}/{n}" if n else ""]
+        body.append([fmt(v) if isinstance(v, float) else v for v in line])
+    return markdown_table(columns, body)
+
+
+def markdown_report(rows: list[dict], model: str, detector: str | None = None, threshold: float = 0.1) -> str:
+    """The eval command's printed and saved summary, with what each column means."""
+    text = [f"CLIPScore (Hessel et al. 2021: 2.5 * max(cos, 0), text prefixed \"{PREFIX.strip()}\") with {model}, "
+            f"{len(rows)} runs.", "",
+            summary_markdown(summarise(rows)), "",
+            "- *prompt*: the original prompt; suppression works when the suppressed image scores lower than the "
+            "original-branch image (Δ prompt < 0; *dropped*: share of runs where it did).",
+            "- *kept*: the prompt without the suppressed words; the rest of the content is kept when Δ kept stays "
+            "near 0.",
+            "- rows marked (add) strengthen the token (negative alpha): there Δ prompt should rise."]
+    if detector:
+        text.append(f"- *detected*: images where {detector} still finds the suppressed word with a score above "
+                    f"{threshold:g} (original / suppressed).")
+    missing = [r["run_dir"] for r in rows if r.get("note")]
+    if missing:
+        more = " ..." if len(missing) > 10 else ""
+        text.append(f"- not scored ({len(missing)}): " + ", ".join(missing[:10]) + more)
+    return "\n".join(text) + "\n"
