@@ -23,6 +23,13 @@ EXTRA_COMMANDS = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look) and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _token_group(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
@@ -98,14 +105,14 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="suppress-eot",
         description="Suppress (or add, or replace) what a prompt names in Stable Diffusion images: "
                     "SuppressEOT (ICLR 2024) on PyTorch or Jittor.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"suppresseot {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
 
     gen = sub.add_parser("generate", help="generate an image from a prompt and suppress words of it",
                          description="Generate from PROMPT with SEED; write the original and the suppressed image.")
@@ -208,7 +215,9 @@ def cmd_run(args) -> int:
 
     backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
-    command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
+    import shlex
+
+    command = {"command": shlex.join(["suppress-eot"] + args.argv)}
     inverted = None
     if args.command == "edit":
         _note(f"inverting {args.image} ({'null-text' if inversion.method == 'nt' else 'negative-prompt'} inversion, "
@@ -231,7 +240,11 @@ def cmd_run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 2), --help and --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "tokens":
             return cmd_tokens(args)
