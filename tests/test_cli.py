@@ -154,6 +154,8 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir, photo, inversion, null_text_r
     rows = read_csv(run / "null_text.csv")
     assert len(rows) == null_text_rows and all(float(r["loss"]) >= 0 for r in rows)
     assert ("null_text" in record["seconds"]) == (inversion == "nt")
+    # the inversion's stages keep their own names next to the edit's
+    assert {"inversion_text_encoding", "vae_encode", "ddim_inversion", "text_encoding"} <= set(record["seconds"])
     assert Image.open(run / "input.png").size == (512, 512)
 
 

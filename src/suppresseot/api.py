@@ -96,10 +96,11 @@ class SuppressionResult:
     backend_info: dict = field(default_factory=dict)
     model: str = ""
 
-    def save(self, out_dir: str | os.PathLike, name: str | None = None) -> Path:
+    def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
+        """Write the run directory (see README); ``extra`` adds keys to its run.json."""
         from .runs import save_run
 
-        return save_run(self, out_dir, name)
+        return save_run(self, out_dir, name, extra)
 
 
 def load_backend(name: str, model_dir: Path, device: str, dtype: str, fast: bool):
@@ -169,7 +170,7 @@ class SuppressEOT:
         backend = self.backend
         schedule = DDIMSchedule.create(sampling.num_steps)
         timer = StageTimer(backend)
-        with timer("text_encoding"):
+        with timer("inversion_text_encoding"):  # its own name: edit() merges these stages with the edit's
             text = self._embed(prompt)
             uncond = self._embed("")
         with timer("vae_encode"):

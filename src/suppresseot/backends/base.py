@@ -58,6 +58,9 @@ class Backend(Protocol):
 
     def reset_peak_memory(self) -> None: ...
 
+    def release_cache(self) -> None:
+        """Hand cached, unused device memory back (between batch tasks), so one task's peak is its own."""
+
     def peak_memory(self) -> dict:
         """{'allocated': bytes, 'reserved': bytes} since the last reset (None where not measurable)."""
 

@@ -182,6 +182,13 @@ class TorchBackend:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    def release_cache(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def reset_peak_memory(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import SuppressEOTError
 from . import Run, find_runs, markdown_table, mean, read_csv, to_float
 
-STAGE_ORDER = ["text_encoding", "vae_encode", "ddim_inversion", "null_text", "swr_ito_sampling", "vae_decode"]
+STAGE_ORDER = ["inversion_text_encoding", "vae_encode", "ddim_inversion", "null_text", "text_encoding",
+               "swr_ito_sampling", "vae_decode"]
 COLORS = ("tab:blue", "tab:orange")
 PLOTS = ("ito_loss.png", "seconds_per_iteration.png", "memory_per_stage.png", "memory_trace.png")
 GRID_ROWS = 8  # tasks per grid image

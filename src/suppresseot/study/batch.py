@@ -25,7 +25,8 @@ from .manifests import Manifest, Task
 from .memory import DEFAULT_INTERVAL, MemorySampler
 
 FAILED_DIR = ".failed"
-STAGE_ORDER = ["text_encoding", "vae_encode", "ddim_inversion", "null_text", "swr_ito_sampling", "vae_decode"]
+STAGE_ORDER = ["inversion_text_encoding", "vae_encode", "ddim_inversion", "null_text", "text_encoding",
+               "swr_ito_sampling", "vae_decode"]
 FAILURE_COLUMNS = ["task", "backend", "error", "time"]
 
 
@@ -321,6 +322,7 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
                     _note(f"finished {task.id} in {time.perf_counter() - started:.1f} s -> {path}")
                 write_reports(out_dir, manifest, backend)
                 bar.update(1)
+                model.backend.release_cache()
         finally:
             bar.close()
     finished = sum(is_finished(out_dir, run_name(t.id, backend)) for t in tasks)

@@ -1,0 +1,129 @@
+"""Jittor backend: native Jittor SD v1 modules on the diffusers folder's safetensors, jt.grad for ITO.
+
+No torch is needed. Where torch happens to be importable, the generated-image starting noise is drawn
+with the same seeded CPU torch generator as the official code, so one seed gives one image on both
+backends; without torch a numpy generator is used and run.json says so.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import SuppressEOTError
+from .env import import_jittor, jittor_info
+from .loading import load_sd_components
+
+LATENT_SHAPE = (1, 4, 64, 64)
+
+
+def initial_noise(seed: int) -> tuple[np.ndarray, str]:
+    """The official starting latent for ``seed`` (torch's CPU generator) or, without torch, numpy's."""
+    try:
+        import torch
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal(LATENT_SHAPE).astype(np.float32), "numpy.random.default_rng(seed).standard_normal"
+    noise = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed))
+    return noise.numpy(), "torch.randn(generator=torch.Generator().manual_seed(seed))"
+
+
+class JittorBackend:
+    name = "jittor"
+
+    def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False):
+        if device.startswith("cuda"):
+            device = "cuda"
+        if device not in ("auto", "cpu", "cuda"):
+            raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
+        self.jt = import_jittor(device)
+        self.device = "cuda" if self.jt.flags.use_cuda else "cpu"
+        self.dtype = dtype
+        self.fast = fast
+        self.noise_source = None
+        self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
+        self.scaling_factor = float(self.vae.scaling_factor)
+
+    # --- models -------------------------------------------------------------------------------
+    def encode_text(self, ids: list[int]):
+        with self.jt.no_grad():
+            return self.text_encoder(self.jt.array(np.array([ids], dtype=np.int64)))
+
+    def unet(self, latents, t: int, context, recorder=None):
+        # jittor evaluates lazily: run what the inputs depend on now, so graphs never span many steps
+        self.jt.sync([latents, context])
+        self.unet_model.set_attention_recorder(recorder)
+        try:
+            return self.unet_model(latents, int(t), context)
+        finally:
+            self.unet_model.set_attention_recorder(None)
+
+    def vae_encode(self, image: np.ndarray):
+        x = image.astype(np.float32) / 127.5 - 1
+        x = self.jt.array(x.transpose(2, 0, 1)[None]).cast(self.dtype)
+        with self.jt.no_grad():
+            return self.vae.encode(x) * self.scaling_factor
+
+    def vae_decode(self, latents) -> np.ndarray:
+        with self.jt.no_grad():
+            image = self.vae.decode((1 / self.scaling_factor) * latents.cast(self.dtype))
+            image = (image / 2 + 0.5).clamp(0, 1)
+            return (image.float32().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+
+    def initial_latent(self, seed: int):
+        noise, self.noise_source = initial_noise(seed)
+        return self.from_numpy(noise)
+
+    # --- tensors ------------------------------------------------------------------------------
+    def from_numpy(self, array: np.ndarray):
+        if array.dtype == np.float64:  # jittor would silently turn float64 into float32
+            return self.jt.array(np.ascontiguousarray(array), dtype="float64")
+        return self.jt.array(np.ascontiguousarray(array)).cast(self.dtype)
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        return tensor.numpy()
+
+    def to_float64(self, tensor):
+        return tensor.float64()
+
+    def cat(self, tensors):
+        return self.jt.concat(tensors, dim=0)
+
+    def item(self, tensor) -> float:
+        return float(tensor.item())
+
+    def value_and_grad(self, fn, x):
+        x = x.detach()
+        x.start_grad()
+        loss, aux = fn(x)
+        grad = self.jt.grad(loss, x)
+        if isinstance(aux, dict):
+            aux = {k: v.detach() for k, v in aux.items()}
+        self.jt.sync([loss, grad])
+        return loss.detach(), aux, grad.detach()
+
+    def no_grad(self):
+        return self.jt.no_grad()
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        self.jt.sync_all(True)
+
+    def release_cache(self) -> None:
+        import gc
+
+        gc.collect()
+        self.jt.gc()
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def peak_memory(self) -> dict:
+        # jittor exposes no allocator peak counter; device memory is sampled through NVML by `batch`
+        return {"allocated": None, "reserved": None}
+
+    def info(self) -> dict:
+        info = {"backend": "jittor", "device": self.device, "dtype": self.dtype, "jittor": jittor_info()}
+        if self.noise_source:
+            info["initial_noise"] = self.noise_source
+        return info

@@ -1,0 +1,120 @@
+"""The Jittor backend runs the same algorithm: results against the PyTorch backend and the official code."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import reference_fixture_dir
+
+pytestmark = [pytest.mark.jittor, pytest.mark.slow]
+pytest.importorskip("diffusers")
+if __import__("importlib").util.find_spec("jittor") is None:
+    pytest.skip("jittor is not installed (pip install 'suppresseot[jittor]')", allow_module_level=True)
+
+PROMPT = "A man with a beard wearing glasses and a hat in blue shirt"
+SHORT = dict(steps=3, iterations=2, max_step_to_erase=3, tau=0.7)
+RTOL = 1e-3
+
+
+def relative(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    from suppresseot.api import SuppressEOT
+    from suppresseot.errors import BackendUnavailable
+
+    try:
+        jittor = SuppressEOT.from_pretrained(tiny_model_dir, backend="jittor", device="cpu", progress=False)
+    except BackendUnavailable as exc:
+        pytest.skip(f"jittor cannot run here: {exc}")
+    return jittor, SuppressEOT.from_pretrained(tiny_model_dir, backend="torch", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def compare_logs(ours, theirs, key):
+    assert len(ours) == len(theirs) > 0
+    np.testing.assert_allclose([r[key] for r in ours], [r[key] for r in theirs], rtol=RTOL)
+
+
+def test_same_seed_same_starting_noise(models):
+    jittor, torch_model = models
+    a = jittor.backend.to_numpy(jittor.backend.initial_latent(2023))
+    b = torch_model.backend.to_numpy(torch_model.backend.initial_latent(2023))
+    np.testing.assert_array_equal(a, b)
+    assert "torch.Generator" in jittor.backend.info()["initial_noise"]
+
+
+def test_generate_matches_torch_backend(models):
+    jittor, torch_model = models
+    a = jittor.generate(PROMPT, "glasses", seed=5, **SHORT)
+    b = torch_model.generate(PROMPT, "glasses", seed=5, **SHORT)
+    compare_logs(a.ito_log, b.ito_log, "total")
+    for part in ("cross_retain", "cross_erase", "self_retain", "self_erase"):
+        compare_logs(a.ito_log, b.ito_log, part)
+    assert relative(a.final_latents, b.final_latents) < RTOL
+    assert a.backend_info["backend"] == "jittor"
+
+
+@pytest.mark.parametrize("inversion", ["nt", "npi"])
+def test_edit_matches_torch_backend(models, photo, inversion):
+    from suppresseot.config import InversionSettings
+
+    jittor, torch_model = models
+    settings = InversionSettings(method=inversion, inner_steps=2)
+    a = jittor.edit(photo, PROMPT, [4, 5], inversion=settings, **SHORT)
+    b = torch_model.edit(photo, PROMPT, [4, 5], inversion=settings, **SHORT)
+    compare_logs(a.ito_log, b.ito_log, "total")
+    if inversion == "nt":
+        compare_logs(a.inversion.null_text_log, b.inversion.null_text_log, "loss")
+    assert relative(a.final_latents, b.final_latents) < RTOL
+
+
+def test_official_fixture_on_jittor(capsys):
+    """The official code's generated case on the Jittor backend; the differences are printed (pytest -s)."""
+    fixture = reference_fixture_dir()
+    if fixture is None:
+        pytest.skip("reference fixture not found (../shared/fixtures/reference-tiny)")
+    from suppresseot.api import SuppressEOT
+
+    expected = json.loads((fixture / "expected.json").read_text())["gen"]
+    model = SuppressEOT.from_pretrained(fixture / "tiny-sd", backend="jittor", device="cpu", progress=False)
+    s = expected["settings"]
+    result = model.generate(s["prompt"], s["token_indices"][0], seed=s["seed"], steps=10, tau=0.8,
+                            iterations=s["iter_each_step"], max_step_to_erase=s["max_step_to_erase"])
+    ito = np.array([r["total"] for r in result.ito_log])
+    ito_rel = float(np.max(np.abs(ito - expected["ito_losses"]) / np.abs(expected["ito_losses"])))
+    final_rel = relative(result.final_latents, np.load(fixture / "gen" / "final_latents.npy"))
+    with capsys.disabled():
+        print(f"\njittor vs official (gen): ITO loss max rel {ito_rel:.2e}, final latents rel {final_rel:.2e}")
+    assert ito_rel < RTOL and final_rel < RTOL
+
+
+def test_cli_runs_without_torch(tmp_path, tiny_model_dir):
+    """`suppress-eot generate --backend jittor` with torch made unimportable (as in a torch-free venv)."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None\n"
+            "from suppresseot.cli import main\n"
+            f"sys.exit(main(['generate', 'a red car', '--suppress-words', 'car', '--backend', 'jittor', "
+            f"'--device', 'cpu', '--model', {str(tiny_model_dir)!r}, '--out', {str(tmp_path)!r}, '--steps', '2', "
+            f"'--iterations', '1', '--max-step-to-erase', '2', '--tau', '0.5', '--no-progress']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    record = json.loads((run / "run.json").read_text())
+    assert record["backend"]["backend"] == "jittor"
+    assert record["backend"]["initial_noise"].startswith("numpy")  # no torch: the documented numpy generator
+    assert np.load(run / "final_latents.npy").shape == (2, 4, 64, 64)
