@@ -103,15 +103,17 @@ class SuppressionResult:
         return save_run(self, out_dir, name, extra)
 
 
-def load_backend(name: str, model_dir: Path, device: str, dtype: str, fast: bool):
+def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False):
+    """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
-        return TorchBackend(model_dir, device=device, dtype=dtype, fast=fast)
+        return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
+                            fast=fast)
     if name == "jittor":
         from .backends.jittor.backend import JittorBackend
 
-        return JittorBackend(model_dir, device=device, dtype=dtype, fast=fast)
+        return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast)
     raise SuppressEOTError(f"unknown backend {name!r}: choose {' or '.join(BACKENDS)}")
 
 
@@ -126,7 +128,8 @@ class SuppressEOT:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
-                        dtype: str = "float32", fast: bool = False, progress: bool = True) -> "SuppressEOT":
+                        dtype: str | None = None, fast: bool = False, progress: bool = True) -> "SuppressEOT":
+        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)

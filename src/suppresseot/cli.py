@@ -20,6 +20,7 @@ EXTRA_COMMANDS = {
     "batch": "suppresseot.study.cli",
     "eval": "suppresseot.evaluation.cli",
     "report": "suppresseot.evaluation.cli",
+    "doctor": "suppresseot.backends.jittor.doctor",
 }
 
 
@@ -57,10 +58,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s; runwayml/stable-diffusion-v1-5 works too)")
     g.add_argument("--backend", choices=["torch", "jittor"], default="torch", help="framework (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="model weights' dtype (default: %(default)s, as the official code)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="model weights' dtype (default: float32 as the official code; bfloat16 with --fast)")
     g.add_argument("--fast", action="store_true",
-                   help="fused attention on layers whose maps are not needed (results differ slightly from the "
+                   help="PyTorch: bfloat16 weights, TF32, fused attention on layers whose maps are not needed; "
+                        "embeddings, null-text and Adam state stay float32 (results differ slightly from the "
                         "official code; default: off, faithful)")
 
 
