@@ -172,3 +172,22 @@ def test_python_api(tiny_model_dir):
     plain = model.generate(PROMPT, "glasses", seed=3, steps=2, iterations=0, tau=0.0, alpha=0.0, method="weight")
     np.testing.assert_allclose(result.final_latents[0], plain.final_latents[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(result.final_latents[1], result.final_latents[0])
+
+
+@pytest.mark.slow
+def test_fast_mode_keeps_algorithm_state_in_float32(tiny_model_dir):
+    """--fast: bf16 weights and fused attention, but latents, embeddings and null-text state stay float32."""
+    from suppresseot import SuppressEOT
+
+    fast = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", fast=True, progress=False)
+    assert fast.backend.info()["dtype"] == "bfloat16" and fast.backend.info()["fused_attention"]
+    short = dict(seed=3, steps=2, iterations=1, max_step_to_erase=2, tau=0.5)
+    result = fast.generate(PROMPT, "glasses", **short)
+    assert result.final_latents.dtype == np.float32 and np.isfinite(result.final_latents).all()
+    assert result.cross_attention.shape == (2, 16, 16, 77)
+    exact = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", progress=False).generate(PROMPT, "glasses",
+                                                                                                 **short)
+    diff = np.linalg.norm(result.final_latents - exact.final_latents) / np.linalg.norm(exact.final_latents)
+    assert 0 < diff < 0.05  # bf16 rounding, not a different computation
+    # the text embedding (the null-text optimization's parameter) leaves the bf16 encoder as float32
+    assert str(fast.backend.encode_text(fast.tokenizer.padded_ids("")).dtype) == "torch.float32"

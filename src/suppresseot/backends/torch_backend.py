@@ -162,7 +162,10 @@ class TorchBackend:
         return tensor if tensor.dtype == torch.float64 else tensor.float()
 
     def to_numpy(self, tensor) -> np.ndarray:
-        return tensor.detach().cpu().numpy()
+        tensor = tensor.detach()
+        if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
 
     def to_float64(self, tensor):
         return tensor.to(torch.float64)
