@@ -1,0 +1,472 @@
+"""Benchmark this project against the official SuppressEOT code: time, peak memory and final latents.
+
+One process builds (or reuses) a random-weight Stable Diffusion v1 folder, so every implementation
+loads the same weights with no download, then runs each implementation on each mode:
+
+- ``official``: the unmodified official code (``--reference DIR``, a snapshot of github
+  sen-mao/SuppressEOT kept in an ignored folder), driven in-process as shared/bench/ref_bench.py does;
+- ``faithful``: this project, torch backend, default settings (fp32, explicit attention);
+- ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``);
+- ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
+  when jittor cannot run here.
+
+Modes: ``gen0`` (generated, ITO off), ``gen10`` (generated, 10 ITO iterations per step), ``real_npi``
+and ``real_nt`` (a real photo, negative-prompt / null-text inversion, then SWR + ITO).
+
+Implementations run one after another, each loaded on its own and freed before the next, so the
+peak-memory numbers hold only that implementation's weights and activations. Results are written
+after every (implementation, mode), so a killed run keeps what finished. See docs/benchmarks.md.
+
+    python benchmarks/bench.py --reference .reference                      # GPU, SD-v1 shape, 50 steps
+    python benchmarks/bench.py --size tiny --steps 4 --null-text-steps 2 \\
+        --reference .reference --out /tmp/bench-tiny                        # CPU smoke benchmark
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark machine has no network; never try the hub
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if (REPO / "src" / "suppresseot").is_dir():  # measure this checkout, installed or not
+    sys.path.insert(0, str(REPO / "src"))
+
+from suppresseot.api import SuppressEOT  # noqa: E402
+from suppresseot.config import InversionSettings, SuppressionSettings  # noqa: E402
+from suppresseot.errors import BackendUnavailable  # noqa: E402
+from suppresseot.random_model import save_random_model  # noqa: E402
+
+DATA = REPO / "src" / "suppresseot" / "data"
+MODES = {  # name: (kind, inversion, ITO iterations per step)
+    "gen0": ("generated", None, 0),
+    "gen10": ("generated", None, 10),
+    "real_npi": ("real", "npi", 10),
+    "real_nt": ("real", "nt", 10),
+}
+IMPLS = ("official", "faithful", "fast", "jittor")
+# Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
+STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
+                "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
+                "vae_decode": "sampling", "sampling": "sampling"}
+GIB = 2 ** 30
+
+
+@dataclass
+class Settings:
+    """The run-time settings every implementation gets (the official defaults unless shortened)."""
+
+    steps: int = 50
+    null_text_steps: int = 10
+    tau: float = 0.8  # official cross_retain_steps = 1 - tau
+    max_step_to_erase: int = 20
+    alpha: float = 1.0
+    guidance_scale: float = 7.5
+    seed: int = 2
+    gen_prompt: str = "A dog in Van Gogh Style"
+    gen_tokens: tuple = (4, 5, 6)
+    photo: str = str(DATA / "study" / "examples" / "A man with a beard wearing glasses and a hat in blue shirt.jpg")
+    photo_tokens: tuple = (7,)
+
+    @property
+    def photo_prompt(self) -> str:  # the shipped photos are named after their prompts
+        return Path(self.photo).stem
+
+
+# --- device helpers: no-ops on the CPU ----------------------------------------------------------
+def on_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def sync(device: str) -> None:
+    if on_cuda(device):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if on_cuda(device):
+        torch.cuda.empty_cache()
+
+
+# --- the official code --------------------------------------------------------------------------
+def stub_if_missing(module: str, *names: str) -> list[str]:
+    """Stand in for a module the official code imports but the default method never uses.
+
+    ptp_utils imports cv2 for figure captions and wo_utils scipy's cdist for a non-default SWR
+    method; neither is installed on the benchmark machine. A stub raises if it is ever called.
+    """
+    try:
+        importlib.import_module(module)
+        return []
+    except ImportError:
+        pass
+
+    def missing(*_a, **_k):
+        raise ImportError(f"{module} is not installed (stubbed by the benchmark)")
+
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        sys.modules[name] = types.ModuleType(name)
+        if i > 1:
+            setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[name])
+    for name in names:
+        setattr(sys.modules[module], name, missing)
+    return [module]
+
+
+class Official:
+    """The unmodified official code, run in-process on our random weights.
+
+    Its settings are module constants and arguments of functions it calls itself, so they are set by
+    assignment (NUM_DDIM_STEPS) and by wrapping (null-text inner steps); the wrappers also time the
+    stages and keep the final latents. Figures are not drawn: that is I/O, not the method.
+    """
+
+    name, measures_torch_memory = "official", True
+
+    def __init__(self, ref_dir: Path, model_dir: Path, device: str, settings: Settings):
+        sys.path.insert(0, str(ref_dir))
+        self.stubbed = stub_if_missing("cv2") + stub_if_missing("scipy.spatial.distance", "cdist")
+        import suppress_eot_w_nulltext as S
+        from diffusers import StableDiffusionPipeline
+        from utils import null_text_inversion as NTI
+        from utils import ptp_utils
+
+        self.S, self.NTI, self.settings, self.device = S, NTI, settings, device
+        self.pipe = StableDiffusionPipeline.from_pretrained(
+            model_dir, scheduler=S.scheduler, safety_checker=None,  # the folder is fp32, as the official ran
+            feature_extractor=None, requires_safety_checker=False).to(device)
+        self.stages, self.latents, self.null_text_steps = {}, None, settings.null_text_steps
+        self.workdir = tempfile.mkdtemp(prefix="suppresseot-official-")  # it writes result folders into cwd
+
+        def timed(stage, fn):
+            def wrapper(*args, **kwargs):
+                sync(device)
+                start = time.perf_counter()
+                out = fn(*args, **kwargs)
+                sync(device)
+                self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - start
+                return out
+            return wrapper
+
+        null_optimization, latent2image = NTI.NullInversion.null_optimization, ptp_utils.latent2image
+
+        def null_text(inv, latents, _num_inner_steps, epsilon):  # official invert() hard-codes 10 steps
+            return null_optimization(inv, latents, self.null_text_steps, epsilon)
+
+        def keep_latents(vae, latents):
+            self.latents = latents.detach().float().cpu().numpy()
+            return latent2image(vae, latents)
+
+        self.restore = [(S, "text2image_ldm_stable", S.text2image_ldm_stable),
+                        (NTI.NullInversion, "ddim_inversion", NTI.NullInversion.ddim_inversion),
+                        (NTI.NullInversion, "null_optimization", null_optimization),
+                        (ptp_utils, "latent2image", latent2image)]
+        S.text2image_ldm_stable = timed("sampling", S.text2image_ldm_stable)
+        NTI.NullInversion.ddim_inversion = timed("ddim_inversion", NTI.NullInversion.ddim_inversion)
+        NTI.NullInversion.null_optimization = timed("null_text", null_text)
+        ptp_utils.latent2image = keep_latents
+        S.show_cross_attention = S.show_self_attention = ptp_utils.view_images = lambda *a, **k: None
+
+    def close(self):
+        """Undo the wrappers (they hold this object, and with it the pipeline) and drop the pipeline."""
+        for owner, name, fn in self.restore:
+            setattr(owner, name, fn)
+        self.pipe = None
+
+    def run(self, mode: str, steps: int, null_text_steps: int):
+        kind, inversion, iterations = MODES[mode]
+        s = self.settings
+        self.S.NUM_DDIM_STEPS = self.NTI.NUM_DDIM_STEPS = steps
+        self.null_text_steps, self.stages, self.latents = null_text_steps, {}, None
+        # null-text backward leaves .grad on the UNet weights; a fresh process would not have them
+        self.pipe.unet.zero_grad(set_to_none=True)
+        real = kind == "real"
+        args = argparse.Namespace(
+            type="Real-Image" if real else "Generated-Image", inversion=(inversion or "nt").upper(),
+            sd_version="sd_1_4", seed=s.seed, prompt=s.photo_prompt if real else s.gen_prompt,
+            image_path=s.photo, token_indices=[list(s.photo_tokens if real else s.gen_tokens)],
+            cross_retain_steps=[round(1 - s.tau, 6)], alpha=[s.alpha], max_step_to_erase=s.max_step_to_erase,
+            iter_each_step=iterations, lambda_retain=1.0, lambda_erase=-0.5, lambda_self_retain=1.0,
+            lambda_self_erase=-0.5, method="soft-weight")
+        with contextlib.chdir(self.workdir), contextlib.redirect_stdout(sys.stderr):
+            (self.S.main if real else self.S.main_gen)(args, self.pipe)
+        return dict(self.stages), self.latents, {}
+
+
+# --- this project -------------------------------------------------------------------------------
+class Ours:
+    """This project through its public API (the same calls a user makes)."""
+
+    def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
+                 settings: Settings):
+        self.name, self.settings = name, settings
+        self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
+        self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
+                                                 progress=False)
+
+    def run(self, mode: str, steps: int, null_text_steps: int):
+        kind, inversion, iterations = MODES[mode]
+        s = self.settings
+        edit = SuppressionSettings(alpha=s.alpha, tau=s.tau, iterations=iterations,
+                                   max_step_to_erase=s.max_step_to_erase)
+        if kind == "generated":
+            r = self.model.generate(s.gen_prompt, list(s.gen_tokens), seed=s.seed, settings=edit, steps=steps,
+                                    guidance_scale=s.guidance_scale)
+        else:
+            r = self.model.edit(s.photo, s.photo_prompt, list(s.photo_tokens), settings=edit, steps=steps,
+                                inversion=InversionSettings(method=inversion, inner_steps=null_text_steps),
+                                guidance_scale=s.guidance_scale)
+        return dict(r.seconds), r.final_latents, dict(r.memory)
+
+
+def load(impl: str, args, settings: Settings):
+    if impl == "official":
+        return Official(args.reference, args.model_dir, args.device, settings)
+    backend = "jittor" if impl == "jittor" else "torch"
+    fast = impl == "fast"
+    return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings)
+
+
+def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:
+    """One timed run: wall-clock total, per-stage seconds, whole-run peak memory, final latents."""
+    free(device)
+    if on_cuda(device):
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
+    stages, latents, stage_memory = runner.run(mode, settings.steps, settings.null_text_steps)
+    sync(device)
+    total = time.perf_counter() - start
+    peak = {"allocated": None, "reserved": None}
+    if on_cuda(device) and runner.measures_torch_memory:
+        # our StageTimer resets the peak counters at each stage, so the whole-run peak is the largest
+        # of the per-stage peaks and what the counters hold now
+        for key, read in (("allocated", torch.cuda.max_memory_allocated), ("reserved", torch.cuda.max_memory_reserved)):
+            peak[key] = max([read()] + [m[key] for m in stage_memory.values() if m and m.get(key) is not None])
+    groups: dict = {}
+    for stage, seconds in stages.items():
+        group = STAGE_GROUPS.get(stage, stage)
+        groups[group] = groups.get(group, 0.0) + seconds
+    return {"total_s": total, "stages_s": stages, "stage_groups_s": groups, "peak_allocated_bytes": peak["allocated"],
+            "peak_reserved_bytes": peak["reserved"], "latents_shape": list(np.shape(latents))}, latents
+
+
+def warm_up(runner, modes: list[str], settings: Settings) -> float:
+    """A 2-step pass over every code path the timed modes use, so compiles and autotuning stay out."""
+    start = time.perf_counter()
+    for mode in {"gen10"} | ({"real_nt"} if any(MODES[m][0] == "real" for m in modes) else set()):
+        runner.run(mode, 2, 1)
+    return time.perf_counter() - start
+
+
+# --- summary and output -------------------------------------------------------------------------
+def relative(a, b) -> float | None:
+    if a is None or b is None:
+        return None
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def summarize(results: dict, latents: dict, modes: list[str]) -> dict:
+    """Per mode: official/ours time (speedup), ours/official peak memory, and final-latent differences."""
+    summary = {}
+    for mode in modes:
+        row = {}
+        ref = results.get("official", {}).get(mode, {})
+        for impl in IMPLS:
+            r = results.get(impl, {}).get(mode)
+            if not r or "total_s" not in r:
+                continue
+            row[impl] = {"total_s": r["total_s"], "peak_allocated_bytes": r["peak_allocated_bytes"]}
+            if impl != "official" and "total_s" in ref:
+                row[impl]["speedup"] = ref["total_s"] / r["total_s"]
+                if r["peak_allocated_bytes"] and ref.get("peak_allocated_bytes"):
+                    row[impl]["memory_ratio"] = r["peak_allocated_bytes"] / ref["peak_allocated_bytes"]
+                    row[impl]["reserved_ratio"] = r["peak_reserved_bytes"] / ref["peak_reserved_bytes"]
+                row[impl]["latent_rel_diff_vs_official"] = relative(latents.get((impl, mode)),
+                                                                    latents.get(("official", mode)))
+            if impl not in ("official", "faithful"):
+                row[impl]["latent_rel_diff_vs_faithful"] = relative(latents.get((impl, mode)),
+                                                                    latents.get(("faithful", mode)))
+        summary[mode] = row
+    return summary
+
+
+def fmt(value, spec=".2f", scale=1.0, suffix=""):
+    return "–" if value is None else f"{value / scale:{spec}}{suffix}"
+
+
+def markdown(report: dict) -> str:
+    """The headline table (one row per mode), a per-stage table, and any errors."""
+    impls = [i for i in IMPLS if i in report["results"]]
+    ours = [i for i in impls if i != "official"]
+    head = (["mode"] + [f"{i} s" for i in impls] + [f"{i} speedup" for i in ours] + [f"{i} peak GiB" for i in impls]
+            + [f"{i} mem ratio" for i in ours] + [f"{i} Δ official" for i in ours]
+            + [f"{i} Δ faithful" for i in ours if i != "faithful"])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for mode, row in report["summary"].items():
+        get = lambda impl, key: row.get(impl, {}).get(key)  # noqa: E731
+        cells = ([mode] + [fmt(get(i, "total_s")) for i in impls] + [fmt(get(i, "speedup"), suffix="x") for i in ours]
+                 + [fmt(get(i, "peak_allocated_bytes"), scale=GIB) for i in impls]
+                 + [fmt(get(i, "memory_ratio")) for i in ours]
+                 + [fmt(get(i, "latent_rel_diff_vs_official"), ".1e") for i in ours]
+                 + [fmt(get(i, "latent_rel_diff_vs_faithful"), ".1e") for i in ours if i != "faithful"])
+        lines.append("| " + " | ".join(cells) + " |")
+    s = report["settings"]
+    lines += ["", f"{s['steps']} DDIM steps, {s['null_text_steps']} null-text steps per step, {report['device']}; "
+              "speedup = official s / ours s, mem ratio = ours / official peak allocated, "
+              "Δ = ‖ours − other‖ / ‖other‖ on the final latents (both branches).", "",
+              "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    errors = []
+    for impl in impls:
+        for mode, r in report["results"][impl].items():
+            if "total_s" not in r:
+                errors.append(f"- {impl} {mode}: {r.get('error') or r.get('unavailable')}")
+                continue
+            g = r["stage_groups_s"]
+            lines.append(f"| {impl} | {mode} | {fmt(g.get('inversion'))} | {fmt(g.get('null_text'))} | "
+                         f"{fmt(g.get('sampling'))} | {fmt(r['total_s'])} | {fmt(r['peak_reserved_bytes'], scale=GIB)} |")
+    return "\n".join(lines + (["", "Not measured:"] + errors if errors else [])) + "\n"
+
+
+def environment(args) -> dict:
+    import importlib.metadata as md
+
+    def version(pkg):
+        with contextlib.suppress(md.PackageNotFoundError):
+            return md.version(pkg)
+
+    def git(*cmd):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30)
+            return out.stdout.strip() if out.returncode == 0 else None
+
+    ref = args.reference / "suppress_eot_w_nulltext.py" if args.reference else None
+    return {
+        "device": torch.cuda.get_device_name() if on_cuda(args.device) else f"cpu ({os.cpu_count()} cores)",
+        "python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+        "diffusers": version("diffusers"), "transformers": version("transformers"), "numpy": np.__version__,
+        "jittor": version("jittor"), "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "reference": str(args.reference) if args.reference else None,
+        "reference_sha256": hashlib.sha256(ref.read_bytes()).hexdigest() if ref and ref.exists() else None,
+        "command": shlex.join([sys.executable, *sys.argv]), "model_dir": str(args.model_dir), "size": args.size,
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("sd-v1", "tiny"), default="sd-v1",
+                   help="random model shape: sd-v1 (real SD v1.4 cost, for the GPU) or tiny (CPU)")
+    p.add_argument("--model-dir", type=Path, help="diffusers folder to build/reuse (default .bench/random-<size>)")
+    p.add_argument("--reference", type=Path, help="snapshot of github sen-mao/SuppressEOT; without it, no official runs")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--only-impl", default="official,faithful,fast", help=f"comma list of {', '.join(IMPLS)}")
+    p.add_argument("--backends", default="torch", help="torch or torch,jittor (adds the jittor implementation)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (official default 50)")
+    p.add_argument("--null-text-steps", type=int, default=10, help="null-text inner steps per DDIM step (official 10)")
+    p.add_argument("--fast-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed 2-step warm-up per implementation")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="writes bench.json, bench.md, latents/")
+    args = p.parse_args(argv)
+    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    args.model_dir = (args.model_dir or REPO / ".bench" / f"random-{args.size}").resolve()
+    args.reference = args.reference.resolve() if args.reference else None
+    args.modes = [m for m in args.modes.split(",") if m]
+    impls = [i for i in args.only_impl.split(",") if i]
+    if "jittor" in args.backends.split(",") and "jittor" not in impls:
+        impls.append("jittor")
+    for bad in [m for m in args.modes if m not in MODES] + [i for i in impls if i not in IMPLS]:
+        p.error(f"unknown mode or implementation {bad!r}")
+    if "official" in impls and not args.reference:
+        print("no --reference given: the official code is not run", file=sys.stderr)
+        impls.remove("official")
+    args.impls = [i for i in IMPLS if i in impls]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    settings = Settings(steps=args.steps, null_text_steps=args.null_text_steps)
+    out = args.out.resolve()
+    (out / "latents").mkdir(parents=True, exist_ok=True)
+    if not (args.model_dir / "model_index.json").exists():
+        print(f"building the random {args.size} model in {args.model_dir}", file=sys.stderr)
+        save_random_model(args.model_dir, DATA / "clip-tokenizer", size=args.size, seed=0)
+    report = {**environment(args), "settings": {**asdict(settings), "photo_prompt": settings.photo_prompt,
+                                                "fast_dtype": args.fast_dtype, "impls": args.impls, "modes": args.modes},
+              "setup_s": {}, "results": {}, "summary": {}}
+    latents: dict = {}
+    # One arithmetic for the comparison: strict fp32 (no TF32 in matmuls or convolutions) for the official
+    # code as for the faithful mode. (PyTorch's default lets cuDNN use TF32 for convolutions; the fast
+    # mode turns TF32 on itself.)
+
+    def write():
+        report["summary"] = summarize(report["results"], latents, args.modes)
+        (out / "bench.json").write_text(json.dumps(report, indent=1, default=str))
+        (out / "bench.md").write_text(markdown(report))
+
+    for impl in args.impls:
+        results = report["results"][impl] = {}
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        runner = None
+        try:
+            start = time.perf_counter()
+            runner = load(impl, args, settings)
+            report["setup_s"][impl] = {"load": time.perf_counter() - start}
+            if impl == "official":
+                report["reference_stubbed_modules"] = runner.stubbed
+            if not args.no_warmup:
+                report["setup_s"][impl]["warmup"] = warm_up(runner, args.modes, settings)
+        except BackendUnavailable as exc:
+            runner = None
+            results.update({m: {"unavailable": str(exc).splitlines()[0]} for m in args.modes})
+        except Exception as exc:  # noqa: BLE001 - one broken implementation must not stop the others
+            traceback.print_exc()
+            runner = None
+            results.update({m: {"error": f"loading/warm-up: {type(exc).__name__}: {exc}".splitlines()[0]}
+                            for m in args.modes})
+        for mode in args.modes if runner is not None else []:
+            print(f"[bench] {impl} {mode} ...", file=sys.stderr, flush=True)
+            try:
+                results[mode], latents[(impl, mode)] = measure(runner, mode, settings, args.device)
+                np.save(out / "latents" / f"{impl}-{mode}.npy", latents[(impl, mode)])
+                print(f"[bench] {impl} {mode}: {results[mode]['total_s']:.2f} s", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                results[mode] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                                 "traceback": traceback.format_exc()[-4000:]}
+            write()
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
+        del runner
+        free(args.device)
+        write()
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
