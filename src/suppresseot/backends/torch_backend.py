@@ -107,10 +107,20 @@ class TorchBackend:
         # parity tolerance on the reference fixture (2e-4 to 8e-3 seen).
         self.fused_attention = fast
         self.fast = fast
+        self.strict_fp32 = False
         self.recorder = None
-        if self.device.startswith("cuda"):  # faithful: strict fp32 matmuls, as the reference ran; fast: TF32
+        if self.device.startswith("cuda"):
+            # Faithful: the official code's arithmetic as it runs, i.e. PyTorch's defaults: fp32 matmuls
+            # without TF32, cuDNN convolutions allowed TF32. SUPPRESSEOT_STRICT_FP32=1 turns TF32 off in
+            # convolutions too, at a price: on an H100 (cuDNN 9.19) cuDNN then picks batch-1 fp32 conv
+            # algorithms that take a UNet forward from 59 to 171 ms and an ITO step from 8 to 25 GiB
+            # (benchmarks/profile_unet.py). Fast: TF32 everywhere.
+            import os
+
+            strict = os.environ.get("SUPPRESSEOT_STRICT_FP32", "") not in ("", "0") and not fast
             torch.backends.cuda.matmul.allow_tf32 = fast
-            torch.backends.cudnn.allow_tf32 = fast
+            torch.backends.cudnn.allow_tf32 = not strict
+            self.strict_fp32 = strict
         try:
             load = dict(torch_dtype=self.torch_dtype)
             self.text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
@@ -216,7 +226,8 @@ class TorchBackend:
         info = {"backend": "torch", "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
                 "fused_attention": self.fused_attention, "fast": self.fast,
-                "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False}
+                "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False,
+                "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if self.device.startswith("cuda") else False}
         if self.device.startswith("cuda"):
             info["gpu"] = torch.cuda.get_device_name()
             info["cuda"] = torch.version.cuda
