@@ -108,12 +108,15 @@ def explain_failure(exc: BaseException, log: Path | None = None) -> str:
     docs = "see docs/jittor.md"
     if "computeMode" in text or "clockRate" in text:
         return ("jittor failed to compile its core against CUDA 13 (its helper_cuda.h uses cudaDeviceProp fields "
-                f"CUDA 13 removed): use a CUDA 11/12 toolkit via nvcc_path=..., or the CPU with nvcc_path=''; {docs}{where}")
+                f"CUDA 13 removed): run `suppress-eot doctor --fix-jittor` (reversible), or use a CUDA 11/12 toolkit via "
+                f"nvcc_path=..., or the CPU with nvcc_path=''; {docs}{where}")
     if "C++17" in text or "CCCL_IGNORE_DEPRECATED_CPP_DIALECT" in text:
         return ("jittor compiles CUDA code with -std=c++14, which CUDA 13's CUB/Thrust refuse (they need C++17): "
-                f"use a CUDA 11/12 toolkit via nvcc_path=..., or the CPU with nvcc_path=''; {docs}{where}")
+                f"run `suppress-eot doctor --fix-jittor` (reversible), or use a CUDA 11/12 toolkit via nvcc_path=..., "
+                f"or the CPU with nvcc_path=''; {docs}{where}")
     if "libcudnn" in text or ("cudnn" in text.lower() and "not found" in text.lower()):
-        return f"jittor could not load cuDNN 8 (it does not use cuDNN 9); try conv_opt=1 or a CUDA 11/12 setup; {docs}{where}"
+        return ("jittor could not load cuDNN 8 (stock jittor does not use cuDNN 9): run `suppress-eot doctor "
+                f"--fix-jittor` (adds cuDNN 9 support), or set conv_opt=1, or use a CUDA 11/12 setup; {docs}{where}")
     if "libcudart" in text or ("cudart" in text and "cannot open" in text):
         return (f"jittor found nvcc but no usable CUDA runtime: set nvcc_path='' to run on the CPU, or fix the CUDA "
                 f"install; {docs}{where}")
