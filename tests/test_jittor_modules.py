@@ -255,3 +255,20 @@ def test_unsupported_config_is_a_clear_error(tiny_model_dir):
     config = json.loads((Path(tiny_model_dir) / "unet" / "config.json").read_text())
     with pytest.raises(SuppressEOTError, match="resnet_time_scale_shift"):
         JtUNet(dict(config, resnet_time_scale_shift="scale_shift"))
+
+
+def test_a_killed_child_process_does_not_end_the_program():
+    """jittor's SIGCHLD handler quick-exits on any child killed by a signal; import_jittor undoes it."""
+    code = textwrap.dedent("""
+        import os, signal, subprocess, sys, time
+        from suppresseot.backends.jittor.env import import_jittor
+        import_jittor("cpu")
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        time.sleep(0.3)
+        print("still running", child.returncode)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "still running -9" in proc.stdout, proc.stderr[-1000:]

@@ -140,12 +140,39 @@ def ensure_jittor():
     log = _state["log"] = log_path()
     if not _core_cached():
         print(f"Compiling jittor's core on first use (minutes; log: {log}) ...", file=sys.stderr, flush=True)
+    saved = _python_signal_handlers()
     try:
         with _output_to(log, "w"):
             import jittor as jt
     except (Exception, SystemExit) as exc:
         raise BackendUnavailable(explain_failure(exc, log)) from exc
+    finally:
+        _restore_signal_handlers(saved)
     return jt
+
+
+# jittor's core installs C signal handlers on import. Two of them break the programs it lives in:
+# SIGCHLD ends the whole process ("Caught SIGCHLD ... quick exit") whenever any child process dies of a
+# signal (a killed subprocess, a crashed worker), and SIGINT turns Ctrl-C into an immediate exit, so
+# Python's KeyboardInterrupt (and the CLI's clean stop) never happens. Put Python's handlers back.
+_RESTORED_SIGNALS = ("SIGCHLD", "SIGINT")
+
+
+def _python_signal_handlers() -> dict:
+    import signal
+
+    return {name: signal.getsignal(getattr(signal, name)) for name in _RESTORED_SIGNALS if hasattr(signal, name)}
+
+
+def _restore_signal_handlers(saved: dict) -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal works only in the main thread
+    for name, handler in saved.items():
+        if handler is not None:
+            signal.signal(getattr(signal, name), handler)
 
 
 def import_jittor(device: str = "auto"):
