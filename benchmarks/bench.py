@@ -6,6 +6,8 @@ loads the same weights with no download, then runs each implementation on each m
 - ``official``: the unmodified official code (``--reference DIR``, a snapshot of github
   sen-mao/SuppressEOT kept in an ignored folder), driven in-process as shared/bench/ref_bench.py does;
 - ``faithful``: this project, torch backend, default settings (fp32, explicit attention);
+- ``eager``: ``faithful`` with CUDA graphs off (every UNet pass launched eagerly), to show what the graphs
+  save and that they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``);
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
   when jittor cannot run here.
@@ -61,7 +63,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "fast", "jittor")
+IMPLS = ("official", "faithful", "eager", "fast", "jittor")
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -218,11 +220,11 @@ class Ours:
     """This project through its public API (the same calls a user makes)."""
 
     def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
-                 settings: Settings):
+                 settings: Settings, cuda_graphs: bool = True):
         self.name, self.settings = name, settings
         self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
         self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
-                                                 progress=False)
+                                                 cuda_graphs=cuda_graphs, progress=False)
 
     def run(self, mode: str, steps: int, null_text_steps: int):
         kind, inversion, iterations = MODES[mode]
@@ -244,7 +246,8 @@ def load(impl: str, args, settings: Settings):
         return Official(args.reference, args.model_dir, args.device, settings)
     backend = "jittor" if impl == "jittor" else "torch"
     fast = impl == "fast"
-    return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings)
+    return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
+                cuda_graphs=impl != "eager")
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:

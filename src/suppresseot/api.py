@@ -103,13 +103,15 @@ class SuppressionResult:
         return save_run(self, out_dir, name, extra)
 
 
-def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False):
-    """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode."""
+def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
+                 cuda_graphs: bool = True):
+    """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
+    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead)."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
-                            fast=fast)
+                            fast=fast, cuda_graphs=cuda_graphs)
     if name == "jittor":
         from .backends.jittor.backend import JittorBackend
 
@@ -128,13 +130,16 @@ class SuppressEOT:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
-                        dtype: str | None = None, fast: bool = False, progress: bool = True) -> "SuppressEOT":
-        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention)."""
+                        dtype: str | None = None, fast: bool = False, cuda_graphs: bool = True,
+                        progress: bool = True) -> "SuppressEOT":
+        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention);
+        ``cuda_graphs=False`` launches every UNet pass eagerly (PyTorch on a GPU; same results, slower)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)
         tokenizer = Tokenizer.from_pretrained(model_dir)
-        return cls(load_backend(backend, model_dir, device, dtype, fast), tokenizer, str(model), progress)
+        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs), tokenizer, str(model),
+                   progress)
 
     # --- helpers ------------------------------------------------------------------------------
     def tokens(self, prompt: str) -> TokenTable:

@@ -64,6 +64,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="PyTorch: bfloat16 weights, TF32, fused attention on layers whose maps are not needed; "
                         "embeddings, null-text and Adam state stay float32 (results differ slightly from the "
                         "official code; default: off, faithful)")
+    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="PyTorch on a GPU: launch every UNet pass eagerly instead of replaying captured CUDA "
+                        "graphs of the repeated steps (same results, slower; default: graphs on)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
@@ -215,7 +218,7 @@ def cmd_run(args) -> int:
 
     from .api import SuppressEOT, load_backend
 
-    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast)
+    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, args.cuda_graphs)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
     import shlex
 

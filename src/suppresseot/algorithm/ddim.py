@@ -12,6 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def divide_by_scalar(x, value, reciprocal):
+    """``x / value`` for a Python float, ``x * reciprocal`` for a 0-d tensor (inside a CUDA graph).
+
+    PyTorch's CUDA kernels divide by a Python scalar as a multiplication by its float32 reciprocal, a
+    device tensor by true division; passing ``reciprocal = float32(1) / float32(value)`` keeps a graph's
+    arithmetic bitwise equal to the eager run's (and CPU / Jittor runs keep their plain division).
+    """
+    return x / value if isinstance(value, (int, float, np.floating)) else x * reciprocal
+
+
 @dataclass(frozen=True)
 class DDIMSchedule:
     num_steps: int
@@ -39,22 +49,41 @@ class DDIMSchedule:
         return self.alphas_cumprod[t] if t >= 0 else self.alphas_cumprod[0]
 
     @staticmethod
-    def _move(sample, eps, alpha_from: np.float32, alpha_to: np.float32):
-        """x_to = sqrt(a_to) * x0_pred + sqrt(1 - a_to) * eps, with x0_pred from x_from and eps."""
+    def coefficients_between(alpha_from: np.float32, alpha_to: np.float32) -> tuple[float, ...]:
+        """(sqrt a_from, sqrt(1 - a_from), sqrt a_to, sqrt(1 - a_to), 1 / sqrt a_from): Python floats holding
+        float32 values (the last one for ``divide_by_scalar``)."""
         one = np.float32(1.0)
-        sqrt_from, sqrt_beta_from = float(np.sqrt(alpha_from)), float(np.sqrt(one - alpha_from))
-        sqrt_to, sqrt_beta_to = float(np.sqrt(alpha_to)), float(np.sqrt(one - alpha_to))
-        original = (sample - sqrt_beta_from * eps) / sqrt_from
+        sqrt_from = np.sqrt(alpha_from)
+        return (float(sqrt_from), float(np.sqrt(one - alpha_from)), float(np.sqrt(alpha_to)),
+                float(np.sqrt(one - alpha_to)), float(one / sqrt_from))
+
+    def coefficients(self, t: int) -> tuple[float, ...]:
+        """The ``move`` coefficients of one denoising step from timestep t to t - ratio."""
+        return self.coefficients_between(self.alpha(t), self.alpha(t - self.step_ratio))
+
+    def inverse_coefficients(self, t: int) -> tuple[float, ...]:
+        """The ``move`` coefficients of one inversion step from t - ratio up to t (noise predicted at t, as
+        the official code does)."""
+        return self.coefficients_between(self.alpha(min(t - self.step_ratio, self.num_train_timesteps - 1)),
+                                         self.alpha(t))
+
+    @staticmethod
+    def move(sample, eps, coefficients):
+        """x_to = sqrt(a_to) * x0_pred + sqrt(1 - a_to) * eps, with x0_pred from x_from and eps.
+
+        The coefficients are floats, or 0-d tensors when the step runs inside a captured CUDA graph.
+        """
+        sqrt_from, sqrt_beta_from, sqrt_to, sqrt_beta_to, inverse_sqrt_from = coefficients
+        original = divide_by_scalar(sample - sqrt_beta_from * eps, sqrt_from, inverse_sqrt_from)
         return sqrt_to * original + sqrt_beta_to * eps
 
     def step(self, eps, t: int, sample):
         """One denoising step from timestep t to t - ratio."""
-        return self._move(sample, eps, self.alpha(t), self.alpha(t - self.step_ratio))
+        return self.move(sample, eps, self.coefficients(t))
 
     def inverse_step(self, eps, t: int, sample):
-        """One inversion step from t - ratio up to t (the noise is predicted at t, as the official code does)."""
-        return self._move(sample, eps, self.alpha(min(t - self.step_ratio, self.num_train_timesteps - 1)),
-                          self.alpha(t))
+        """One inversion step from t - ratio up to t."""
+        return self.move(sample, eps, self.inverse_coefficients(t))
 
     def guidance_weights(self) -> np.ndarray:
         """The ITO step-size schedule sqrt(linspace(1, 0.1, steps)) of the official code."""

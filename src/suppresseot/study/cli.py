@@ -170,7 +170,8 @@ def cmd_batch(args) -> int:
         from ..api import SuppressEOT
 
         return SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                           fast=args.fast, progress=not args.no_progress)
+                                           fast=args.fast, cuda_graphs=args.cuda_graphs,
+                                           progress=not args.no_progress)
 
     command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
     return run_batch(manifest, tasks, load_model, args.backend, out, options, progress=not args.no_progress,

@@ -105,6 +105,9 @@ class JittorBackend:
     def no_grad(self):
         return self.jt.no_grad()
 
+    def compile_step(self, fn):
+        return fn  # jittor fuses and caches kernels itself
+
     # --- bookkeeping --------------------------------------------------------------------------
     def synchronize(self) -> None:
         self.jt.sync_all(True)
