@@ -6,9 +6,9 @@ loads the same weights with no download, then runs each implementation on each m
 - ``official``: the unmodified official code (``--reference DIR``, a snapshot of github
   sen-mao/SuppressEOT kept in an ignored folder), driven in-process as shared/bench/ref_bench.py does;
 - ``faithful``: this project, torch backend, default settings (fp32, explicit attention);
-- ``eager``: ``faithful`` with CUDA graphs off (every UNet pass launched eagerly), to show what the graphs
-  save and that they change no result;
-- ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``);
+- ``graphs``: ``faithful`` with CUDA graphs on (off by default in fp32), to show what they save and that
+  they change no result;
+- ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
   when jittor cannot run here.
 
@@ -63,7 +63,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "eager", "fast", "jittor")
+IMPLS = ("official", "faithful", "graphs", "fast", "jittor")
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -220,7 +220,7 @@ class Ours:
     """This project through its public API (the same calls a user makes)."""
 
     def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
-                 settings: Settings, cuda_graphs: bool = True):
+                 settings: Settings, cuda_graphs: bool | None = None):
         self.name, self.settings = name, settings
         self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
         self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
@@ -247,7 +247,7 @@ def load(impl: str, args, settings: Settings):
     backend = "jittor" if impl == "jittor" else "torch"
     fast = impl == "fast"
     return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
-                cuda_graphs=impl != "eager")
+                cuda_graphs=True if impl == "graphs" else None)
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:

@@ -104,9 +104,10 @@ class SuppressionResult:
 
 
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool | None = None):
     """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
-    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead)."""
+    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: in
+    fast mode only)."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
@@ -130,10 +131,11 @@ class SuppressEOT:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
-                        dtype: str | None = None, fast: bool = False, cuda_graphs: bool = True,
+                        dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
                         progress: bool = True) -> "SuppressEOT":
-        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention);
-        ``cuda_graphs=False`` launches every UNet pass eagerly (PyTorch on a GPU; same results, slower)."""
+        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
+        graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
+        default None = in fast mode only, where they pay off)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)

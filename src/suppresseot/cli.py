@@ -64,9 +64,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="PyTorch: bfloat16 weights, TF32, fused attention on layers whose maps are not needed; "
                         "embeddings, null-text and Adam state stay float32 (results differ slightly from the "
                         "official code; default: off, faithful)")
-    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="PyTorch on a GPU: launch every UNet pass eagerly instead of replaying captured CUDA "
-                        "graphs of the repeated steps (same results, slower; default: graphs on)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="PyTorch on a GPU: replay the repeated UNet passes as captured CUDA graphs (same results; "
+                        "much faster in bfloat16, ~2%% in float32, ~2 GiB more reserved memory; default: on with "
+                        "--fast, off otherwise)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
