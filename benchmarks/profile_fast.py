@@ -59,7 +59,7 @@ def main() -> None:
                 value, _, grad = backend.value_and_grad(loss, e)
                 return e - 1e-3 * grad, value
 
-            graphed = GraphedStep(iteration, "cuda", backend._graph_pool)
+            graphed = GraphedStep(iteration, "cuda")
             row = {"dtype": dtype, "channels_last": channels_last,
                    "eager_ms": median_ms(lambda: iteration(embedding, latent, target, 500)),
                    "graph_ms": median_ms(lambda: graphed(embedding, latent, target, 500))}

@@ -9,6 +9,7 @@ the eager results (``benchmarks/bench.py --only-impl faithful,eager`` compares t
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from torch.utils import _pytree as pytree
@@ -25,12 +26,15 @@ class GraphedStep:
 
     Arguments are pytrees of tensors and Python numbers: tensors are copied into static buffers, numbers
     written into 0-d device tensors (float32, int64 for ints), so the captured graph reads the current
-    values. Outputs are cloned after each replay, so callers may keep them across replays. Graphs of one
-    backend share one memory pool (never replayed concurrently; outputs are cloned at once).
+    values. Outputs are cloned after each replay, so callers may keep them across replays. Graphs alive at
+    the same time share one memory pool (they are never replayed concurrently and their outputs are cloned
+    at once), so a run's graphs together need about the memory of the largest one.
     """
 
-    def __init__(self, fn, device: str, pool):
-        self.fn, self.device, self.pool = fn, torch.device(device), pool
+    def __init__(self, fn, device: str, family: "weakref.WeakSet | None" = None):
+        self.fn, self.device = fn, torch.device(device)
+        self.family = family if family is not None else weakref.WeakSet()  # steps that may share a pool
+        self.family.add(self)
         self.signature = None
         self.graph = self.static_inputs = self.static_outputs = None
         self.failed = False
@@ -54,6 +58,14 @@ class GraphedStep:
             else:
                 static.fill_(leaf)  # a kernel argument: no host-to-device copy, no synchronization
 
+    def _shared_pool(self):
+        """The pool of a live graph of the family, or None (a new pool). A pool id is only reused while a
+        graph holds it: PyTorch's allocator asserts when a capture joins a pool whose graphs are all gone."""
+        for step in list(self.family):
+            if step is not self and step.graph is not None:
+                return step.graph.pool()
+        return None
+
     def _capture(self, leaves, spec) -> None:
         self.graph = self.static_inputs = self.static_outputs = None  # free the previous capture first
         self.static_inputs = [self._static(leaf) for leaf in leaves]
@@ -66,7 +78,7 @@ class GraphedStep:
                 self.fn(*args)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._shared_pool(), capture_error_mode="thread_local"):
             outputs = self.fn(*args)
         self.graph, self.static_outputs = graph, outputs
 
