@@ -65,8 +65,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "embeddings, null-text and Adam state stay float32 (results differ slightly from the "
                         "official code; default: off, faithful)")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="PyTorch on a GPU: replay the repeated UNet passes as captured CUDA graphs (same results; "
-                        "much faster in bfloat16, ~2%% in float32, ~2 GiB more reserved memory; default: on with "
+                   help="PyTorch on a GPU: replay the repeated UNet passes as captured CUDA graphs (the eager "
+                        "kernels; much faster in bfloat16, ~2%% in float32, ~2 GiB more reserved memory; default: on with "
                         "--fast, off otherwise)")
 
 

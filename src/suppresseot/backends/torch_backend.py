@@ -111,7 +111,7 @@ class TorchBackend:
         self.fast = fast
         self.strict_fp32 = False
         self.recorder = None
-        # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal results on the H100),
+        # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
         # minus the host's launch overhead. That overhead is what limits bf16 (fast mode: 4x faster with
         # graphs); fp32 is GPU-bound (2% faster) and the graphs' memory pool costs ~2 GiB of reserved
         # memory, so by default graphs are on in fast mode only.
