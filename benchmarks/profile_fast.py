@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,18 +20,12 @@ from suppresseot.backends.cuda_graphs import GraphedStep  # noqa: E402
 from suppresseot.backends.torch_backend import TorchBackend  # noqa: E402
 from suppresseot.random_model import save_random_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_unet import timed  # noqa: E402
+
 
 def median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return timed(fn, repeats)[0]
 
 
 def main() -> None:
