@@ -55,6 +55,7 @@ from suppresseot.api import SuppressEOT  # noqa: E402
 from suppresseot.config import InversionSettings, SuppressionSettings  # noqa: E402
 from suppresseot.errors import BackendUnavailable  # noqa: E402
 from suppresseot.random_model import save_random_model  # noqa: E402
+from suppresseot.study.memory import MemorySampler  # noqa: E402
 
 DATA = REPO / "src" / "suppresseot" / "data"
 MODES = {  # name: (kind, inversion, ITO iterations per step)
@@ -256,9 +257,13 @@ def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, n
     if on_cuda(device):
         torch.cuda.reset_peak_memory_stats()
     sync(device)
+    sampler = MemorySampler(device).start()  # device-level: the one memory figure Jittor has too
     start = time.perf_counter()
-    stages, latents, stage_memory = runner.run(mode, settings.steps, settings.null_text_steps)
-    sync(device)
+    try:
+        stages, latents, stage_memory = runner.run(mode, settings.steps, settings.null_text_steps)
+        sync(device)
+    finally:
+        trace = sampler.stop()
     total = time.perf_counter() - start
     peak = {"allocated": None, "reserved": None}
     if on_cuda(device) and runner.measures_torch_memory:
@@ -271,7 +276,9 @@ def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, n
         group = STAGE_GROUPS.get(stage, stage)
         groups[group] = groups.get(group, 0.0) + seconds
     return {"total_s": total, "stages_s": stages, "stage_groups_s": groups, "peak_allocated_bytes": peak["allocated"],
-            "peak_reserved_bytes": peak["reserved"], "latents_shape": list(np.shape(latents))}, latents
+            "peak_reserved_bytes": peak["reserved"], "nvml_peak_used_bytes": trace.peak,
+            "nvml_baseline_used_bytes": trace.baseline, "nvml": trace.status,
+            "latents_shape": list(np.shape(latents))}, latents
 
 
 def warm_up(runner, modes: list[str], settings: Settings) -> float:
@@ -339,8 +346,9 @@ def markdown(report: dict) -> str:
     lines += ["", f"{s['steps']} DDIM steps, {s['null_text_steps']} null-text steps per step, {report['device']}; "
               "speedup = official s / ours s, mem ratio = ours / official peak allocated, "
               "Δ = ‖ours − other‖ / ‖other‖ on the final latents (both branches).", "",
-              "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB "
+              "| NVML peak used GiB (at start) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     errors = []
     for impl in impls:
         for mode, r in report["results"][impl].items():
@@ -349,7 +357,8 @@ def markdown(report: dict) -> str:
                 continue
             g = r["stage_groups_s"]
             lines.append(f"| {impl} | {mode} | {fmt(g.get('inversion'))} | {fmt(g.get('null_text'))} | "
-                         f"{fmt(g.get('sampling'))} | {fmt(r['total_s'])} | {fmt(r['peak_reserved_bytes'], scale=GIB)} |")
+                         f"{fmt(g.get('sampling'))} | {fmt(r['total_s'])} | {fmt(r['peak_reserved_bytes'], scale=GIB)} | "
+                         f"{fmt(r.get('nvml_peak_used_bytes'), scale=GIB)} ({fmt(r.get('nvml_baseline_used_bytes'), scale=GIB)}) |")
     return "\n".join(lines + (["", "Not measured:"] + errors if errors else [])) + "\n"
 
 
@@ -390,6 +399,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (official default 50)")
     p.add_argument("--null-text-steps", type=int, default=10, help="null-text inner steps per DDIM step (official 10)")
     p.add_argument("--fast-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    p.add_argument("--jittor-python", metavar="CMD",
+                   help="run the jittor implementation in a child process started with this command, e.g. "
+                        "'env PYTHONPATH=/opt/numpy1 python' where jittor needs numpy<2 and torch's side numpy 2 "
+                        "(its results join this run's report)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed 2-step warm-up per implementation")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="writes bench.json, bench.md, latents/")
@@ -408,6 +421,31 @@ def parse_args(argv=None):
         impls.remove("official")
     args.impls = [i for i in IMPLS if i in impls]
     return args
+
+
+def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:
+    """The jittor implementation in its own process (its own numpy), on the same model and settings."""
+    child_out = out / "jittor-child"
+    cmd = [*shlex.split(args.jittor_python), str(Path(__file__).resolve()), "--only-impl", "jittor",
+           "--backends", "torch,jittor", "--size", args.size, "--model-dir", str(args.model_dir),
+           "--modes", ",".join(args.modes), "--steps", str(args.steps), "--null-text-steps",
+           str(args.null_text_steps), "--device", args.device, "--out", str(child_out)]
+    if args.no_warmup:
+        cmd.append("--no-warmup")
+    print(f"[bench] jittor in a child process: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    done = subprocess.run(cmd)
+    try:
+        child = json.loads((child_out / "bench.json").read_text())
+    except (OSError, ValueError) as exc:
+        why = f"child process exited {done.returncode} without results ({type(exc).__name__})"
+        return {m: {"error": why} for m in args.modes}, {}, {"command": shlex.join(cmd), "returncode": done.returncode}
+    for mode in args.modes:
+        path = child_out / "latents" / f"jittor-{mode}.npy"
+        if path.exists():
+            latents[("jittor", mode)] = np.load(path)
+    keys = ("python", "numpy", "jittor", "torch", "command")
+    info = {"returncode": done.returncode, **{k: child.get(k) for k in keys}}
+    return child["results"].get("jittor", {}), child["setup_s"].get("jittor", {}), info
 
 
 def main(argv=None) -> dict:
@@ -431,6 +469,11 @@ def main(argv=None) -> dict:
         (out / "bench.md").write_text(markdown(report))
 
     for impl in args.impls:
+        if impl == "jittor" and args.jittor_python:
+            free(args.device)
+            report["results"][impl], report["setup_s"][impl], report["jittor_child"] = run_child(args, out, latents)
+            write()
+            continue
         results = report["results"][impl] = {}
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
         runner = None
