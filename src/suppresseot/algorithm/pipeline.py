@@ -4,6 +4,10 @@ Reads top to bottom like the method: each function takes a backend (models + a f
 ``suppresseot.backends.base``), the DDIM schedule and plain settings, and returns tensors plus logs.
 The defaults reproduce the official implementation step for step (batch layout included), so results
 match it within float32 rounding.
+
+Each repeated step (an inversion step, a null-text iteration, an ITO pass, a denoising step) is a pure
+function of tensors and numbers handed to ``backend.compile_step``: whatever changes between calls comes
+in as an argument, so the PyTorch backend can replay it as a CUDA graph.
 """
 from __future__ import annotations
 
