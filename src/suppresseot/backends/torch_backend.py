@@ -160,7 +160,7 @@ class TorchBackend:
         try:
             dtype = self.torch_dtype
             if self.channels_last:
-                latents = latents.to(dtype, memory_format=torch.channels_last)
+                latents = latents.contiguous(memory_format=torch.channels_last)  # .to(dtype) keeps the layout
             return self.unet_model(latents.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.float()
         finally:
             self.recorder = None
