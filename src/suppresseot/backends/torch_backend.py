@@ -17,6 +17,7 @@ from ..errors import BackendUnavailable, SuppressEOTError
 try:
     import torch
     import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendUnavailable(
         "PyTorch is not installed: pip install 'suppresseot[torch]' (or pick --backend jittor)") from exc
@@ -67,10 +68,20 @@ class RecordingAttnProcessor:
             query = attn.head_to_batch_dim(query)
             key = attn.head_to_batch_dim(key)
             value = attn.head_to_batch_dim(value)
-            probs = attn.get_attention_scores(query, key, attention_mask)
             if wanted:
+                probs = attn.get_attention_scores(query, key, attention_mask)
                 recorder(probs, is_cross, self.place)
-            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+                hidden_states = torch.bmm(probs, value)
+            elif self.backend.recompute_attention and torch.is_grad_enabled():
+                # Keep q, k, v for the backward pass instead of the probabilities (a 64x64 layer's are
+                # 0.5 GiB in fp32) and recompute them there with the same kernels: same gradients, and
+                # ITO / null-text steps need ~2.5 GiB less (SD v1.4). Nothing random inside, so no RNG
+                # state to stash (which CUDA graph capture would refuse).
+                hidden_states = checkpoint(_explicit_attention, attn, query, key, value, attention_mask,
+                                           use_reentrant=False, preserve_rng_state=False)
+            else:
+                hidden_states = _explicit_attention(attn, query, key, value, attention_mask)
+            hidden_states = attn.batch_to_head_dim(hidden_states)
 
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -78,6 +89,11 @@ class RecordingAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _explicit_attention(attn, query, key, value, attention_mask):
+    """softmax(q k^T * scale) v as diffusers' classic AttnProcessor (and the official code) computes it."""
+    return torch.bmm(attn.get_attention_scores(query, key, attention_mask), value)
 
 
 def pick_device(device: str) -> str:
@@ -94,7 +110,8 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
-                 cuda_graphs: bool | None = None, channels_last: bool | None = None):
+                 cuda_graphs: bool | None = None, channels_last: bool | None = None,
+                 recompute_attention: bool = True):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -109,6 +126,9 @@ class TorchBackend:
         # parity tolerance on the reference fixture (2e-4 to 8e-3 seen).
         self.fused_attention = fast
         self.fast = fast
+        # Explicit attention on unrecorded layers under autograd: recompute the probabilities in the
+        # backward pass instead of storing them (exact; see RecordingAttnProcessor).
+        self.recompute_attention = bool(recompute_attention)
         self.strict_fp32 = False
         self.recorder = None
         # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
@@ -247,7 +267,7 @@ class TorchBackend:
 
         info = {"backend": "torch", "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
-                "fused_attention": self.fused_attention, "fast": self.fast, "cuda_graphs": self.cuda_graphs,
+                "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention, "fast": self.fast, "cuda_graphs": self.cuda_graphs,
                 "channels_last": self.channels_last,
                 "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False,
                 "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if self.device.startswith("cuda") else False}

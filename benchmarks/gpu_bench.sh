@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The full side-by-side benchmark on a GPU machine without network (the H100 test machine), in one go:
+# official code, faithful, fast and the Jittor backend, all four modes, one bench.py run on one model.
+#
+#   bash benchmarks/gpu_bench.sh WORKDIR          # from the repository root, on the GPU machine
+#
+# Needs, beside the checkout (both folders are git-ignored; see docs/benchmarks.md):
+#   .reference/   a snapshot of github sen-mao/SuppressEOT (never committed)
+#   .whl/         wheels the GPU image lacks, downloaded on a machine with internet:
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 numpy==1.26.4 astunparse
+#     pip download --no-deps --no-binary :all: -d .whl jittor==1.3.11.0
+#     pip wheel --no-deps --no-build-isolation -w .whl .whl/jittor-1.3.11.0.tar.gz
+#
+# Jittor pins numpy < 2 while the image's torch side has numpy 2, so Jittor runs in bench.py's child
+# process (--jittor-python) with numpy 1.26 first on its path. Its CUDA-13 patches come from
+# `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
+# neither cost lands in a timed stage. Progress goes to WORKDIR/log; results to WORKDIR/results.
+set -u
+cd "$(dirname "$0")/.."
+REPO=$PWD
+W=${1:-/tmp/gpu-bench}
+mkdir -p "$W"
+LOG=$W/log
+say() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+W_SITE=$W/site        # diffusers for the torch side
+W_JT=$W/jittor        # jittor and its pure-Python needs
+W_NP=$W/numpy1        # numpy 1.26, seen only by the jittor process
+MODEL=$W/sdv1
+RESULTS=$W/results
+
+say "machine: $(nvidia-smi -L | head -1); $(python3 --version); torch $(python3 -c 'import torch; print(torch.__version__)')"
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$W_SITE" .whl/diffusers-*.whl >> "$LOG" 2>&1 \
+  || { say "FAIL: diffusers install"; exit 1; }
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$W_JT" .whl/jittor-*-py3-none-any.whl \
+  .whl/astunparse-*.whl >> "$LOG" 2>&1 || { say "FAIL: jittor install"; exit 1; }
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$W_NP" .whl/numpy-1.26.4-*.whl >> "$LOG" 2>&1 \
+  || { say "FAIL: numpy 1.26 install"; exit 1; }
+
+if [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; else NVCC=$(readlink -f "$(command -v nvcc)"); fi
+export nvcc_path="$NVCC" FIX_TORCH_ERROR=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+TORCH_PATH="$W_SITE:$REPO/src"
+JITTOR_PATH="$W_NP:$W_JT:$W_SITE:$REPO/src"
+
+say "doctor --fix-jittor"
+PYTHONPATH=$JITTOR_PATH python3 -m suppresseot.cli doctor --fix-jittor > "$W/doctor.log" 2>&1 \
+  || { say "FAIL: doctor --fix-jittor (see doctor.log)"; tail -5 "$W/doctor.log" | tee -a "$LOG"; }
+
+say "building the SD-v1.4-shaped random model and compiling jittor's core, side by side"
+PYTHONPATH=$TORCH_PATH python3 -c "
+from pathlib import Path
+from suppresseot.random_model import save_random_model
+save_random_model(Path('$MODEL'), Path('$REPO/src/suppresseot/data/clip-tokenizer'), size='sd-v1', seed=0)
+" > "$W/model.log" 2>&1 &
+model_pid=$!
+PYTHONPATH=$JITTOR_PATH python3 -c "
+from suppresseot.backends.jittor.env import import_jittor
+jt = import_jittor('cuda')
+import jittor.compile_extern as ce
+print('jittor', jt.__version__, 'cuda', jt.flags.use_cuda, 'cudnn', bool(ce.cudnn))
+" > "$W/jittor-core.log" 2>&1
+say "jittor core: rc $? $(tail -1 "$W/jittor-core.log")"
+wait $model_pid
+say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
+
+say "bench: official, faithful, fast, jittor; gen0 gen10 real_npi real_nt"
+PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
+  --only-impl official,faithful,fast --backends torch,jittor \
+  --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
+  --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
+say "bench: rc $?"
+say "DONE"
