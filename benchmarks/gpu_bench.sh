@@ -15,7 +15,8 @@
 # Jittor pins numpy < 2 while the image's torch side has numpy 2, so Jittor runs in bench.py's child
 # process (--jittor-python) with numpy 1.26 first on its path. Its CUDA-13 patches come from
 # `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
-# neither cost lands in a timed stage. Progress goes to WORKDIR/log; results to WORKDIR/results.
+# neither cost lands in a timed stage. Then benchmarks/profile_jittor.py shows where Jittor's time goes.
+# Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -69,4 +70,7 @@ PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MO
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"
+say "jittor profile (benchmarks/profile_jittor.py)"
+PYTHONPATH=$JITTOR_PATH timeout 400 python3 benchmarks/profile_jittor.py --model-dir "$MODEL" > "$W/profile_jittor.log" 2>&1
+say "jittor profile: rc $?"
 say "DONE"

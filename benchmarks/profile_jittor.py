@@ -1,0 +1,88 @@
+"""Where the Jittor backend's time goes: one UNet forward (batch 2, no grad) and one forward+backward to the
+text embedding (batch 1, as an ITO / null-text step), wall clock, then jittor's profiler on each with its
+most expensive ops. Usage (on the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
+
+    python benchmarks/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from suppresseot.backends.jittor.backend import JittorBackend  # noqa: E402
+
+
+def wall_ms(jt, fn, repeats: int) -> float:
+    fn()
+    jt.sync_all(True)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        jt.sync_all(True)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def top_ops(report: list, top: int) -> list[str]:
+    """jittor's profiler rows (a header, then one row per op) sorted by total time."""
+    if not report:
+        return ["(empty profiler report)"]
+    header, rows = report[0], report[1:]
+    try:
+        column = header.index("TotalTime")
+        rows = sorted(rows, key=lambda r: float(r[column]), reverse=True)
+    except (ValueError, IndexError, TypeError):
+        pass
+    keep = [i for i, name in enumerate(header) if name in ("Name", "Count", "TotalTime", "AvgTime", "InOut")]
+    return ["\t".join(str(r[i])[:90] for i in keep) for r in [header, *rows[:top]]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=ROOT / ".bench" / "random-sd-v1")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--top", type=int, default=25)
+    args = p.parse_args()
+    backend = JittorBackend(args.model_dir, device=args.device)
+    jt = backend.jt
+    rng = np.random.default_rng(0)
+    embedding = backend.encode_text([49406] + [320] * 8 + [49407] * 68)
+    hidden = embedding.shape[-1]
+    latent1 = backend.from_numpy(rng.standard_normal((1, 4, 64, 64)).astype(np.float32))
+    latent2 = backend.from_numpy(rng.standard_normal((2, 4, 64, 64)).astype(np.float32))
+    context2 = backend.cat([embedding, embedding])
+    target = backend.from_numpy(rng.standard_normal((1, 4, 64, 64)).astype(np.float32))
+    print(f"jittor {jt.__version__}, device {backend.device}, text hidden {hidden}", flush=True)
+
+    def forward():
+        with jt.no_grad():
+            backend.unet(latent2, 501, context2).sync()
+
+    def forward_backward():
+        def loss(x):
+            return ((backend.unet(latent1, 501, x) - target) ** 2).mean(), None
+
+        _, _, grad = backend.value_and_grad(loss, embedding)
+        grad.sync()
+
+    for name, fn in (("forward batch 2", forward), ("forward+backward batch 1", forward_backward)):
+        ms = wall_ms(jt, fn, args.repeats)
+        print(f"{name}: {ms:.1f} ms (median of {args.repeats})", flush=True)
+        with jt.profile_scope() as report:
+            fn()
+            jt.sync_all(True)
+        print("\n".join(top_ops(report, args.top)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
