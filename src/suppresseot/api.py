@@ -69,6 +69,7 @@ class Inversion:
     memory: dict = field(default_factory=dict)
     settings: InversionSettings = field(default_factory=InversionSettings)
     source: str | None = None
+    group_size: int = 1  # photos inverted together (their seconds and memory are the group's)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class SuppressionResult:
     memory: dict = field(default_factory=dict)
     backend_info: dict = field(default_factory=dict)
     model: str = ""
+    group_size: int = 1  # tasks run together (their seconds and memory are the group's)
 
     def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
         """Write the run directory (see README); ``extra`` adds keys to its run.json."""
@@ -167,96 +169,151 @@ class SuppressEOT:
     def invert(self, image, prompt: str, inversion: InversionSettings | str = "nt", steps: int = 50,
                guidance_scale: float = 7.5) -> Inversion:
         """DDIM-invert a photo (path, PIL image or uint8 array) and optimize null-text (or use NPI)."""
+        return self.invert_many([image], [prompt], inversion, steps, guidance_scale)[0]
+
+    def invert_many(self, images: list, prompts: list[str], inversion: InversionSettings | str = "nt",
+                    steps: int = 50, guidance_scale: float = 7.5) -> list[Inversion]:
+        """``invert`` for several photos at once: their UNet passes run as one batch, each photo with its
+        own null-text loss, Adam state and early stop. Each result equals ``invert``'s within the rounding
+        of batched kernels; seconds and memory are the group's (``group_size`` photos)."""
+        if len(images) != len(prompts) or not images:
+            raise SuppressEOTError("invert_many needs one prompt per photo (and at least one photo)")
         settings = (InversionSettings(method=inversion) if isinstance(inversion, str) else inversion).validate()
         sampling = SamplingSettings(num_steps=steps, guidance_scale=guidance_scale).validate()
-        self.tokens(prompt)  # validates the prompt
-        source = str(image) if isinstance(image, (str, os.PathLike)) else None
-        if isinstance(image, (str, os.PathLike)):
-            crop = load_512(image)
-        else:
-            from .images import center_crop_512
-
-            crop = center_crop_512(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
+        for prompt in prompts:
+            self.tokens(prompt)  # validates the prompt
+        crops = [self._crop(image) for image in images]
         backend = self.backend
         schedule = DDIMSchedule.create(sampling.num_steps)
         timer = StageTimer(backend)
         with timer("inversion_text_encoding"):  # its own name: edit() merges these stages with the edit's
-            text = self._embed(prompt)
-            uncond = self._embed("")
+            text = backend.cat([self._embed(prompt) for prompt in prompts])
+            uncond = backend.cat([self._embed("")] * len(prompts))
         with timer("vae_encode"):
-            latent = backend.vae_encode(crop)
-            reconstruction = backend.vae_decode(latent)[0]
+            encoded = [backend.vae_encode(crop) for crop in crops]
+            reconstructions = [backend.vae_decode(latent)[0] for latent in encoded]
+            latent = backend.cat(encoded)
         with timer("ddim_inversion"):
             latents = pipeline.ddim_inversion(backend, schedule, latent, text, progress=self.progress)
-        log: list = []
+        logs: list[list] = [[] for _ in prompts]
         if settings.method == "nt":
             with timer("null_text"):
                 uncond_per_step = pipeline.null_text_optimization(
-                    backend, schedule, latents, text, uncond, settings, sampling.guidance_scale, log,
+                    backend, schedule, latents, text, uncond, settings, sampling.guidance_scale, logs,
                     progress=self.progress)
         else:  # negative-prompt inversion: the prompt's own embedding stands in for the null text
             uncond_per_step = [text] * schedule.num_steps
-        return Inversion(prompt=prompt, method=settings.method, image=crop, reconstruction=reconstruction,
-                         x_T=latents[-1], uncond_per_step=uncond_per_step, null_text_log=log,
-                         seconds=timer.seconds, memory=timer.memory, settings=settings, source=source)
+        k = len(prompts)
+        return [Inversion(prompt=prompt, method=settings.method, image=crop, reconstruction=reconstruction,
+                          x_T=latents[-1] if k == 1 else latents[-1][b:b + 1],
+                          uncond_per_step=uncond_per_step if k == 1 else [u[b:b + 1] for u in uncond_per_step],
+                          null_text_log=log, seconds=dict(timer.seconds), memory=dict(timer.memory),
+                          settings=settings, group_size=k,
+                          source=str(image) if isinstance(image, (str, os.PathLike)) else None)
+                for b, (prompt, image, crop, reconstruction, log)
+                in enumerate(zip(prompts, images, crops, reconstructions, logs))]
+
+    @staticmethod
+    def _crop(image) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            return load_512(image)
+        from .images import center_crop_512
+
+        return center_crop_512(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
 
     def edit(self, image, prompt: str | None = None, suppress=None, settings: SuppressionSettings | None = None,
              inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,
              **overrides) -> SuppressionResult:
         """Suppress ``suppress`` in a photo; ``image`` may also be an ``Inversion`` from ``invert``."""
-        if isinstance(image, Inversion):
-            inv = image
-            if prompt is not None and prompt != inv.prompt:
-                raise SuppressEOTError("the prompt differs from the one the photo was inverted with")
-            steps = len(inv.uncond_per_step)
+        return self.edit_many([image], None if prompt is None else [prompt], [suppress], settings, inversion,
+                              steps, guidance_scale, **overrides)[0]
+
+    def edit_many(self, images: list, prompts: list[str] | None, suppress: list, settings: SuppressionSettings | None = None,
+                  inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,
+                  **overrides) -> list[SuppressionResult]:
+        """``edit`` for several photos (or ``Inversion``s) with shared settings, their UNet passes batched."""
+        if all(isinstance(image, Inversion) for image in images):
+            inverted = list(images)
+            for b, inv in enumerate(inverted):
+                if prompts is not None and prompts[b] is not None and prompts[b] != inv.prompt:
+                    raise SuppressEOTError("the prompt differs from the one the photo was inverted with")
+            steps = len(inverted[0].uncond_per_step)
+            if any(len(inv.uncond_per_step) != steps for inv in inverted):
+                raise SuppressEOTError("photos edited together must have been inverted with the same number of steps")
+        elif any(isinstance(image, Inversion) for image in images):
+            raise SuppressEOTError("edit_many takes photos or Inversions, not a mix of both")
         else:
-            if prompt is None:
+            if prompts is None or any(p is None for p in prompts):
                 raise SuppressEOTError("edit needs the prompt that describes the photo")
-            inv = self.invert(image, prompt, inversion, steps=steps, guidance_scale=guidance_scale)
+            inverted = self.invert_many(images, prompts, inversion, steps=steps, guidance_scale=guidance_scale)
         settings = replace(settings or SuppressionSettings(), **overrides).validate()
         step_scale = settings.step_scale if settings.step_scale is not None else REAL_STEP_SCALE
-        result = self._suppress("real", inv.prompt, suppress, settings, SamplingSettings(steps, guidance_scale),
-                                step_scale, inv.x_T, inv.uncond_per_step)
-        result.inversion = inv
-        result.seconds = {**inv.seconds, **result.seconds}
-        result.memory = {**inv.memory, **result.memory}
-        return result
+        results = self._suppress_many("real", [inv.prompt for inv in inverted], suppress, settings,
+                                      SamplingSettings(steps, guidance_scale), step_scale,
+                                      [inv.x_T for inv in inverted], [inv.uncond_per_step for inv in inverted])
+        for result, inv in zip(results, inverted):
+            result.inversion = inv
+            result.seconds = {**inv.seconds, **result.seconds}
+            result.memory = {**inv.memory, **result.memory}
+        return results
 
     # --- generated images ---------------------------------------------------------------------
     def generate(self, prompt: str, suppress, seed: int = 2, settings: SuppressionSettings | None = None,
                  steps: int = 50, guidance_scale: float = 7.5, **overrides) -> SuppressionResult:
         """Generate from ``prompt`` with seed ``seed`` and suppress ``suppress`` (the official initial noise)."""
+        return self.generate_many([prompt], [suppress], [seed], settings, steps, guidance_scale, **overrides)[0]
+
+    def generate_many(self, prompts: list[str], suppress: list, seeds: list[int],
+                      settings: SuppressionSettings | None = None, steps: int = 50, guidance_scale: float = 7.5,
+                      **overrides) -> list[SuppressionResult]:
+        """``generate`` for several prompts (each with its own tokens and seed, shared settings), their UNet
+        passes batched; each result equals ``generate``'s within the rounding of batched kernels."""
+        if not (len(prompts) == len(suppress) == len(seeds)) or not prompts:
+            raise SuppressEOTError("generate_many needs one token group and one seed per prompt")
         settings = replace(settings or SuppressionSettings(), **overrides).validate()
         sampling = SamplingSettings(steps, guidance_scale).validate()
         step_scale = settings.step_scale if settings.step_scale is not None else GENERATED_STEP_SCALE
-        self.tokens(prompt)
-        start = self.backend.initial_latent(int(seed))
+        for prompt in prompts:
+            self.tokens(prompt)
+        starts = [self.backend.initial_latent(int(seed)) for seed in seeds]
         with self.backend.no_grad():
             uncond = self._embed("")
-        result = self._suppress("generated", prompt, suppress, settings, sampling, step_scale, start,
-                                [uncond] * sampling.num_steps)
-        result.seed = int(seed)
-        return result
+        results = self._suppress_many("generated", prompts, suppress, settings, sampling, step_scale, starts,
+                                      [[uncond] * sampling.num_steps] * len(prompts))
+        for result, seed in zip(results, seeds):
+            result.seed = int(seed)
+        return results
 
     # --- shared -------------------------------------------------------------------------------
-    def _suppress(self, kind, prompt, suppress, settings, sampling, step_scale, start, uncond_per_step):
+    def _suppress_many(self, kind, prompts, suppress, settings, sampling, step_scale, starts,
+                       uncond_per_step) -> list[SuppressionResult]:
+        """SWR + ITO sampling of K tasks together; ``starts`` and ``uncond_per_step`` hold one entry per task."""
         sampling.validate()
-        table, group = self._group(prompt, suppress)
+        if len(suppress) != len(prompts):
+            raise SuppressEOTError("give one token group per prompt")
+        groups = [self._group(prompt, what) for prompt, what in zip(prompts, suppress)]
         backend = self.backend
         schedule = DDIMSchedule.create(sampling.num_steps)
+        k = len(prompts)
         timer = StageTimer(backend)
         with timer("text_encoding"):
-            text = self._embed(prompt)
+            text = backend.cat([self._embed(prompt) for prompt in prompts])
             text_np = backend.to_numpy(text)
+        start = starts[0] if k == 1 else backend.cat(starts)
+        uncond = uncond_per_step[0] if k == 1 else [backend.cat([u[i] for u in uncond_per_step])
+                                                    for i in range(schedule.num_steps)]
         with timer("swr_ito_sampling"):
-            out = pipeline.suppress(backend, schedule, start, text, text_np, uncond_per_step, table.n, group,
-                                    settings, sampling, step_scale, progress=self.progress)
+            outs = pipeline.suppress_many(backend, schedule, start, text, text_np, uncond,
+                                          [table.n for table, _ in groups], [group for _, group in groups],
+                                          settings, sampling, step_scale, progress=self.progress)
         with timer("vae_decode"):
-            images = backend.vae_decode(out.final_latents)
-        return SuppressionResult(
+            images = [backend.vae_decode(out.final_latents) for out in outs]
+        info = backend.info()
+        return [SuppressionResult(
             kind=kind, prompt=prompt, token_indices=group, tokens=table,
-            original=Image.fromarray(images[0]), suppressed=Image.fromarray(images[1]),
+            original=Image.fromarray(pair[0]), suppressed=Image.fromarray(pair[1]),
             final_latents=backend.to_numpy(out.final_latents).astype(np.float32), settings=settings,
             sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
             self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
-            seconds=timer.seconds, memory=timer.memory, backend_info=backend.info(), model=self.model)
+            seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model, group_size=k)
+            for prompt, (table, group), out, pair in zip(prompts, groups, outs, images)]

@@ -91,7 +91,9 @@ def run_record(result, extra: dict | None = None) -> dict:
         "step_scale": result.step_scale,
         "first_swr_step": result.settings.first_step(result.sampling.num_steps),
         "ito_steps": list(result.settings.ito_steps(result.sampling.num_steps)),
-        "inversion": None if inv is None else {**asdict(inv.settings), "image": inv.source},
+        "inversion": None if inv is None else {**asdict(inv.settings), "image": inv.source,
+                                               "group_size": inv.group_size},
+        "group_size": result.group_size,  # tasks run together: seconds and memory are the whole group's
         "seconds": result.seconds,
         "memory": result.memory,
         "final_ito_total_loss": result.ito_log[-1]["total"] if result.ito_log else None,

@@ -27,24 +27,36 @@ class AttentionRecorder:
         if self.wants(probs.shape[1]):
             self.maps["cross" if is_cross else "self"].append((place, probs))
 
-    def aggregate(self, is_cross: bool, places=ALL_PLACES, select: int = 0, halves: bool = True):
+    def aggregate(self, is_cross: bool, places=ALL_PLACES, select: int = 0, halves: bool = True,
+                  tasks: int | None = None, branches: int = 1):
         """Mean map (res, res, keys) over layers and heads, as the official ``aggregate_attention``.
 
         The official code splits each layer's rows into two halves and keeps half ``select``. With the
         two branches batched that picks a branch; during ITO (batch 1) it keeps only the first half of the
         heads. ``halves=False`` averages every row instead (all heads of a batch-1 pass).
+
+        Several tasks batched together (``tasks=K``): the pass's batch is ``branches`` blocks of K samples
+        (branch-major, as ``cat([originals, edited])``), and each task's own rows get the split above, so
+        the result (K, res, res, keys) holds what K separate passes would give.
         """
         res = self.resolution
+        k = 1 if tasks is None else tasks
         total, count = None, 0
         entries = self.maps["cross" if is_cross else "self"]
         for place in places:
             for where, probs in entries:
                 if where != place:
                     continue
-                maps = probs.reshape(2, -1, res, res, probs.shape[-1])[select] if halves \
-                    else probs.reshape(-1, res, res, probs.shape[-1])
-                total = maps.sum(0) if total is None else total + maps.sum(0)
-                count += maps.shape[0]
+                keys = probs.shape[-1]
+                if halves and branches == 2:  # a task's two samples: its branch ``select``
+                    maps = probs.reshape(2, k, -1, res, res, keys)[select]
+                elif halves:  # one sample per task: half ``select`` of its heads
+                    maps = probs.reshape(k, 2, -1, res, res, keys)[:, select]
+                else:
+                    maps = probs.reshape(k, -1, res, res, keys)
+                total = maps.sum(1) if total is None else total + maps.sum(1)
+                count += maps.shape[1]
         if total is None:
             raise RuntimeError(f"no {res}x{res} {'cross' if is_cross else 'self'}-attention maps were recorded")
-        return total / count
+        mean = total / count
+        return mean[0] if tasks is None else mean

@@ -70,13 +70,17 @@ def adam_step(param, grad, state: dict, lr: float):
 
 
 def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text, uncond,
-                           settings: InversionSettings, guidance_scale: float, log: list,
+                           settings: InversionSettings, guidance_scale: float, logs: list[list],
                            progress: bool = True) -> list:
     """Optimize one unconditional embedding per step so guided DDIM retraces the inversion path.
 
-    The embedding carries over from step to step; Adam restarts each step. ``log`` gets one row per
-    evaluated loss (step, iteration, loss, seconds).
+    The embedding carries over from step to step; Adam restarts each step. Several photos (K, stacked
+    along the batch) are optimized together, each with its own loss, Adam state and early stop: a photo
+    that stopped keeps its embedding while the others go on. ``logs`` holds one list per photo, which
+    gets one row per evaluated loss (step, iteration, loss, seconds).
     """
+    k = len(logs)
+
     def guided(eps_uncond, eps_cond):
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -86,15 +90,19 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     def optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, step_size, bias_correction2):
         def reconstruction_loss(embedding):
             eps = guided(backend.unet(current, t, embedding), eps_cond)
-            return ((schedule.move(current, eps, coefficients) - target) ** 2).mean(), None
+            error = (schedule.move(current, eps, coefficients) - target) ** 2
+            if k == 1:
+                return error.mean(), None
+            per_photo = error.reshape(k, -1).mean(1)  # photos are independent: d(sum)/d(own) = d(own)
+            return per_photo.sum(), {"per_photo": per_photo}
 
-        loss, _, grad = backend.value_and_grad(reconstruction_loss, uncond)
+        loss, aux, grad = backend.value_and_grad(reconstruction_loss, uncond)
         uncond, m, v = adam_update(uncond, grad, m, v, step_size, bias_correction2)
-        return uncond, m, v, loss
+        return uncond, m, v, loss if aux is None else aux["per_photo"]
 
     def denoising_step(current, t, uncond, text, coefficients):
         eps = backend.unet(backend.cat([current, current]), t, backend.cat([uncond, text]))
-        return schedule.move(current, guided(eps[0:1], eps[1:2]), coefficients)
+        return schedule.move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
     conditional_noise = backend.compile_step(conditional_noise)
     optimization_step = backend.compile_step(optimization_step)
@@ -110,18 +118,26 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
             eps_cond = conditional_noise(current, t, text)
         m, v = uncond * 0.0, uncond * 0.0
         lr = settings.learning_rate * (1.0 - i / 100.0)
+        threshold = settings.early_stop_epsilon + i * 2e-5
+        active = [True] * k
         for j in range(settings.inner_steps):
             started = time.perf_counter()
-            uncond, m, v, loss = optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients,
-                                                   *adam_scalars(j + 1, lr))
-            value = backend.item(loss)
-            log.append({"step": i, "timestep": t, "iteration": j, "loss": value,
-                        "seconds": time.perf_counter() - started})
+            updated, m, v, loss = optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients,
+                                                    *adam_scalars(j + 1, lr))
+            values = [backend.item(loss)] if k == 1 else [float(x) for x in backend.to_numpy(loss)]
+            seconds = time.perf_counter() - started
+            # a photo that stopped keeps its embedding (the batch still computes it; its update is dropped)
+            uncond = updated if all(active) else backend.cat(
+                [updated[b:b + 1] if active[b] else uncond[b:b + 1] for b in range(k)])
+            for b in range(k):
+                if active[b]:
+                    logs[b].append({"step": i, "timestep": t, "iteration": j, "loss": values[b], "seconds": seconds})
             bar.update()
-            if value < settings.early_stop_epsilon + i * 2e-5:
+            active = [a and not value < threshold for a, value in zip(active, values)]
+            if not any(active):
                 bar.update(settings.inner_steps - j - 1)
                 break
-        bar.set_postfix(loss=f"{value:.3g}")
+        bar.set_postfix(loss=f"{max(values):.3g}")
         per_step.append(uncond)
         with backend.no_grad():
             current = denoising_step(current, t, uncond, text, coefficients)
@@ -142,10 +158,16 @@ class SuppressionOutput:
     self_attention: np.ndarray | None = None  # (2, 16, 16, 256)
 
 
-def _maps(recorder: AttentionRecorder, backend, all_heads: bool, cross_places):
-    cross = backend.to_float64(recorder.aggregate(True, cross_places, halves=not all_heads))
-    self_ = backend.to_float64(recorder.aggregate(False, ALL_PLACES, halves=not all_heads))
+def _maps(recorder: AttentionRecorder, backend, all_heads: bool, cross_places, tasks: int):
+    """(K, res, res, keys) float64 cross and self maps of a pass over K tasks' edited (or original) branch."""
+    cross = backend.to_float64(recorder.aggregate(True, cross_places, halves=not all_heads, tasks=tasks))
+    self_ = backend.to_float64(recorder.aggregate(False, ALL_PLACES, halves=not all_heads, tasks=tasks))
     return cross, self_
+
+
+def _stack(backend, scalars: list):
+    """K backend scalars as one (K,) tensor (one host read for all tasks)."""
+    return backend.cat([x.reshape(1) for x in scalars])
 
 
 class InferenceTimeOptimization:
@@ -153,63 +175,81 @@ class InferenceTimeOptimization:
     negative tokens' attention away from the original branch's.
 
     Built once per sampling run, so the backend can compile its two passes (the reference maps of the
-    original branch, and one loss + gradient step on the edited branch) for reuse at every step.
+    original branch, and one loss + gradient step on the edited branch) for reuse at every step. Several
+    tasks (K, stacked along the batch) are optimized together: each has its own maps, masks and loss, and
+    since the tasks are independent, the gradient of the summed losses is each task's own gradient.
     """
 
-    def __init__(self, backend, schedule: DDIMSchedule, n_tokens: int, token_indices: list[int],
+    def __init__(self, backend, schedule: DDIMSchedule, n_tokens: list[int], token_indices: list[list[int]],
                  settings: SuppressionSettings, step_scale: float):
         self.backend, self.schedule = backend, schedule
         self.n_tokens, self.token_indices = n_tokens, token_indices
         self.settings, self.step_scale = settings, step_scale
         all_heads, lambdas = settings.all_heads, settings.lambdas
+        tasks = len(n_tokens)
 
         def reference_maps(latent_original, t, text):
             recorder = AttentionRecorder()
             backend.unet(latent_original, t, text, recorder=recorder)
-            return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES)
+            return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES, tasks)
 
         def optimization_step(edited, latent_edited, t, cross_reference, self_reference, weights, factor):
             def loss_of(embedding):
                 recorder = AttentionRecorder()
                 backend.unet(latent_edited, t, embedding, recorder=recorder)
-                cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES)
-                return attention_loss(cross_reference, cross, self_reference, self_, weights, lambdas)
+                cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES, tasks)
+                totals, parts = zip(*(attention_loss(cross_reference[b], cross[b], self_reference[b], self_[b],
+                                                     weights[b], lambdas) for b in range(tasks)))
+                loss = totals[0]
+                for total in totals[1:]:
+                    loss = loss + total
+                per_task = {name: _stack(backend, [p[name] for p in parts]) for name in parts[0]}
+                return loss, {**per_task, "total": _stack(backend, list(totals))}
 
-            loss, parts, grad = backend.value_and_grad(loss_of, edited)
-            return edited - factor * grad, loss, parts
+            loss, per_task, grad = backend.value_and_grad(loss_of, edited)
+            return edited - factor * grad, per_task
 
         self.reference_maps = backend.compile_step(reference_maps)
         self.optimization_step = backend.compile_step(optimization_step)
 
-    def __call__(self, step: int, t: int, latent_original, latent_edited, text, edited, log: list):
-        """Optimize ``edited`` at sampling step ``step``; appends one row per iteration to ``log``."""
+    def __call__(self, step: int, t: int, latent_original, latent_edited, text, edited, logs: list[list]):
+        """Optimize ``edited`` (K tasks) at sampling step ``step``; appends one row per iteration to each
+        task's log."""
         backend, settings = self.backend, self.settings
         lambdas = settings.lambdas
         with backend.no_grad():
             cross_reference, self_reference = self.reference_maps(latent_original, t, text)
         # the masks need the reference maps on the host: the step's only synchronization
-        weights = loss_weights(backend.to_numpy(cross_reference), self.n_tokens, self.token_indices,
-                               need_masks=bool(lambdas.self_retain or lambdas.self_erase))
-        weights = {k: backend.from_numpy(v) for k, v in vars(weights).items()}
+        cross_np = backend.to_numpy(cross_reference)
+        need_masks = bool(lambdas.self_retain or lambdas.self_erase)
+        weights = [{k: backend.from_numpy(v) for k, v in vars(loss_weights(
+            cross_np[b], n, indices, need_masks=need_masks)).items()}
+            for b, (n, indices) in enumerate(zip(self.n_tokens, self.token_indices))]
         factor = self.step_scale * float(self.schedule.guidance_weights()[step])
         rows = []
         for iteration in range(settings.iterations):
             started = time.perf_counter()
-            edited, loss, parts = self.optimization_step(edited, latent_edited, t, cross_reference, self_reference,
-                                                         weights, factor)
-            rows.append((iteration, loss, parts, time.perf_counter() - started))
-        for iteration, loss, parts, seconds in rows:  # read values once the step's work is queued
-            log.append({"step": step, "timestep": t, "iteration": iteration,
-                        **{k: backend.item(v) for k, v in parts.items()}, "total": backend.item(loss),
-                        "seconds": seconds})
+            edited, per_task = self.optimization_step(edited, latent_edited, t, cross_reference, self_reference,
+                                                      weights, factor)
+            rows.append((iteration, per_task, time.perf_counter() - started))
+        for iteration, per_task, seconds in rows:  # read values once the step's work is queued
+            values = {name: backend.to_numpy(v).reshape(-1) for name, v in per_task.items()}
+            for b, log in enumerate(logs):
+                log.append({"step": step, "timestep": t, "iteration": iteration,
+                            **{name: float(v[b]) for name, v in values.items() if name != "total"},
+                            "total": float(values["total"][b]), "seconds": seconds})
         return edited
 
 
-def suppress(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
-             n_tokens: int, token_indices: list[int], settings: SuppressionSettings,
-             sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
-             progress: bool = True) -> SuppressionOutput:
-    """Denoise the original and the suppressed branch side by side (the result is the second)."""
+def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
+                  n_tokens: list[int], token_indices: list[list[int]], settings: SuppressionSettings,
+                  sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
+                  progress: bool = True) -> list[SuppressionOutput]:
+    """Denoise the original and the suppressed branch side by side (the result is the second), for K tasks
+    at once: ``start_latent``, ``text`` and each ``uncond_per_step`` entry hold K samples (``text_np``:
+    (K, 77, D)), each task with its own tokens; they share the settings. The UNet sees the K originals,
+    then the K edited samples (K = 1: the official batch layout)."""
+    tasks = len(n_tokens)
     guidance = sampling.guidance_scale
     first = settings.first_step(schedule.num_steps)
     ito_steps = settings.ito_steps(schedule.num_steps)
@@ -220,40 +260,56 @@ def suppress(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.nd
         eps_uncond = backend.unet(latents, t, backend.cat([uncond, uncond]))
         eps_cond = backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder)
         latents = schedule.move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
-        maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b)
+        maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
+                                                               tasks=tasks, branches=2)
                                             for is_cross in (True, False) for b in (0, 1)]
         return latents, maps
 
     denoising_step = backend.compile_step(denoising_step)
     latents = backend.cat([start_latent, start_latent])
-    edited, regularized, first_swr = text, False, None
-    out = SuppressionOutput(final_latents=None, first_swr_embedding=None)
+    edited, regularized = text, [False] * tasks
+    outs = [SuppressionOutput(final_latents=None, first_swr_embedding=None) for _ in range(tasks)]
     map_sums = None
-    bar = tqdm(schedule.timesteps, desc="SuppressEOT", disable=not progress, leave=False)
+    bar = tqdm(schedule.timesteps, desc="SuppressEOT" if tasks == 1 else f"SuppressEOT ({tasks} tasks)",
+               disable=not progress, leave=False)
     for i, t in enumerate(bar):
         if i >= first:  # SWR from the prompt's embedding at every step: ITO edits do not carry over
-            edited_np = soft_weight_regularize(text_np, token_indices, n_tokens, settings.alpha, settings.method)
-            regularized = not np.array_equal(edited_np, text_np)
-            edited = backend.from_numpy(edited_np)
-            if first_swr is None:
-                first_swr = edited_np
-        if i in ito_steps and regularized:
-            edited = ito(i, t, latents[0:1], latents[1:2], text, edited, out.ito_log)
-            bar.set_postfix(loss=f"{out.ito_log[-1]['total']:.4g}")
+            swr = [soft_weight_regularize(text_np[b:b + 1], token_indices[b], n_tokens[b], settings.alpha,
+                                          settings.method) for b in range(tasks)]
+            regularized = [not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
+            edited = backend.from_numpy(np.concatenate(swr))
+            for out, e in zip(outs, swr):
+                if out.first_swr_embedding is None:
+                    out.first_swr_embedding = e
+        if i in ito_steps and any(regularized):
+            logs = [out.ito_log if r else [] for out, r in zip(outs, regularized)]  # as the official: no ITO
+            optimized = ito(i, t, latents[0:tasks], latents[tasks:], text, edited, logs)  # where SWR changed nothing
+            edited = optimized if all(regularized) else backend.cat(
+                [optimized[b:b + 1] if r else edited[b:b + 1] for b, r in enumerate(regularized)])
+            bar.set_postfix(loss=f"{max(o.ito_log[-1]['total'] for o, r in zip(outs, regularized) if r):.4g}")
         uncond = uncond_per_step[i]
         with backend.no_grad():
             latents, step_maps = denoising_step(latents, t, uncond, text, edited, schedule.coefficients(t))
         if step_maps:
             map_sums = step_maps if map_sums is None else [s + m for s, m in zip(map_sums, step_maps)]
     bar.close()
-    out.final_latents = latents
-    out.first_swr_embedding = first_swr
-    if map_sums is not None:
-        maps = [backend.to_numpy(m) / schedule.num_steps for m in map_sums]
-        out.cross_attention = np.stack(maps[0:2])
-        out.self_attention = np.stack(maps[2:4])
-    return out
+    maps = None if map_sums is None else [backend.to_numpy(m) / schedule.num_steps for m in map_sums]
+    for b, out in enumerate(outs):
+        out.final_latents = backend.cat([latents[b:b + 1], latents[tasks + b:tasks + b + 1]])
+        if maps is not None:
+            out.cross_attention = np.stack([maps[0][b], maps[1][b]])
+            out.self_attention = np.stack([maps[2][b], maps[3][b]])
+    return outs
+
+
+def suppress(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
+             n_tokens: int, token_indices: list[int], settings: SuppressionSettings,
+             sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
+             progress: bool = True) -> SuppressionOutput:
+    """``suppress_many`` for one task."""
+    return suppress_many(backend, schedule, start_latent, text, text_np, uncond_per_step, [n_tokens],
+                         [token_indices], settings, sampling, step_scale, capture_maps, progress)[0]
 
 
 __all__ = ["ddim_inversion", "null_text_optimization", "adam_step", "adam_update", "InferenceTimeOptimization",
-           "suppress", "SuppressionOutput", "LossWeights"]
+           "suppress", "suppress_many", "SuppressionOutput", "LossWeights"]

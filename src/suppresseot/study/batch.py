@@ -41,6 +41,7 @@ class BatchOptions:
     null_text_steps: int = 10
     inversion: str | None = None  # nt | npi (official nt)
     memory_interval: float = DEFAULT_INTERVAL
+    group_size: int = 1  # tasks with the same settings run together, their UNet passes batched
 
 
 def run_name(task_id: str, backend: str) -> str:
@@ -239,38 +240,114 @@ def write_reports(out_dir: Path, manifest: Manifest, backend: str) -> None:
 
 
 # --- running --------------------------------------------------------------------------------------
-def run_task(model, task: Task, manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
-             device: str, extra: dict) -> Path:
-    """One task into ``<id>--<backend>``: a photo is inverted once, then edited; memory sampled throughout."""
+def task_settings(task: Task, options: BatchOptions):
+    """The suppression settings and (real photos) inversion settings a task runs with."""
     from ..config import InversionSettings, SuppressionSettings
-    from ..runs import save_run
 
     iterations = options.iterations if options.iterations is not None else task.iterations
     settings = SuppressionSettings(alpha=task.alpha, tau=task.tau, max_step_to_erase=options.max_step_to_erase,
                                    **({} if iterations is None else {"iterations": iterations})).validate()
+    inversion = None if task.type != "real" else InversionSettings(
+        method=options.inversion or task.inversion or "nt", inner_steps=options.null_text_steps)
+    return settings, inversion
+
+
+def group_key(task: Task, options: BatchOptions) -> tuple:
+    """Tasks with equal keys can run as one group: same kind, same settings (only prompts, tokens, seeds and
+    photos differ)."""
+    try:
+        settings, inversion = task_settings(task, options)
+    except Exception:  # noqa: BLE001 - a bad task runs alone, and fails alone with its own message
+        return ("alone", task.id)
+    return task.type, repr(settings), repr(inversion)
+
+
+def make_groups(tasks: list[Task], options: BatchOptions) -> list[list[Task]]:
+    """Tasks in manifest order, gathered into groups of at most ``group_size`` tasks of one key (a group
+    starts where its first task stands)."""
+    size = max(1, options.group_size)
+    open_groups: dict[tuple, list[Task]] = {}
+    groups: list[list[Task]] = []
+    for task in tasks:
+        key = group_key(task, options)
+        group = open_groups.get(key)
+        if group is None or len(group) >= size:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(task)
+    return groups
+
+
+def run_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
+              device: str, extra: dict) -> list[Path]:
+    """Tasks of one group key into ``<id>--<backend>`` each: photos are inverted, then edited; generated
+    images generated; several tasks at once when the group has more than one (UNet passes batched)."""
+    from ..runs import save_run
+
+    settings, inversion = task_settings(tasks[0], options)
     sampler = MemorySampler(device, interval=options.memory_interval)
     started = time.perf_counter()
     with sampler:
-        if task.type == "real":
-            inversion = InversionSettings(method=options.inversion or task.inversion or "nt",
-                                          inner_steps=options.null_text_steps)
-            inverted = model.invert(task.image_path(manifest.base_dir), task.prompt, inversion, steps=options.steps,
-                                    guidance_scale=options.guidance_scale)
-            result = model.edit(inverted, suppress=task.token_group, settings=settings,
-                                guidance_scale=options.guidance_scale)
+        if tasks[0].type == "real":
+            inverted = model.invert_many([task.image_path(manifest.base_dir) for task in tasks],
+                                         [task.prompt for task in tasks], inversion, steps=options.steps,
+                                         guidance_scale=options.guidance_scale)
+            results = model.edit_many(inverted, None, [task.token_group for task in tasks], settings=settings,
+                                      guidance_scale=options.guidance_scale)
         else:
-            result = model.generate(task.prompt, task.token_group, seed=task.seed, settings=settings,
-                                    steps=options.steps, guidance_scale=options.guidance_scale)
+            results = model.generate_many([task.prompt for task in tasks], [task.token_group for task in tasks],
+                                          [task.seed for task in tasks], settings=settings, steps=options.steps,
+                                          guidance_scale=options.guidance_scale)
     trace = sampler.trace
-    record = {**extra, "task": task.to_json(), "task_seconds": round(time.perf_counter() - started, 4),
-              "nvml": trace.summary()}
-    path = save_run(result, out_dir, name=run_name(task.id, backend), extra=record)
-    trace.write_csv(path / "memory_trace.csv")
-    return path
+    seconds = round(time.perf_counter() - started, 4)
+    paths = []
+    for task, result in zip(tasks, results):
+        record = {**extra, "task": task.to_json(), "task_seconds": seconds, "nvml": trace.summary()}
+        if len(tasks) > 1:
+            record["group"] = [t.id for t in tasks]
+        path = save_run(result, out_dir, name=run_name(task.id, backend), extra=record)
+        trace.write_csv(path / "memory_trace.csv")
+        paths.append(path)
+    return paths
+
+
+def run_task(model, task: Task, manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
+             device: str, extra: dict) -> Path:
+    """One task into ``<id>--<backend>``: a photo is inverted once, then edited; memory sampled throughout."""
+    return run_group(model, [task], manifest, options, out_dir, backend, device, extra)[0]
 
 
 def _note(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
+
+
+def _check_free(out_dir: Path, tasks: list[Task], backend: str) -> None:
+    for task in tasks:
+        if (out_dir / run_name(task.id, backend)).exists():  # not written by save_run (those are complete)
+            raise SuppressEOTError(f"{out_dir / run_name(task.id, backend)} exists but has no run.json: move it "
+                                   f"away and rerun")
+
+
+def _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar) -> int:
+    """One task; returns 1 if it failed (recorded in failures.csv), else 0."""
+    bar.set_postfix_str(task.id)
+    started = time.perf_counter()
+    try:
+        _check_free(out_dir, [task], backend)
+        path = run_task(model, task, manifest, options, out_dir, backend, device, extra)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        line = record_failure(out_dir, task, backend, exc)
+        _note(f"FAILED {task.id}: {line}")
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        return 1
+    clear_failure(out_dir, task, backend)
+    _note(f"finished {task.id} in {time.perf_counter() - started:.1f} s -> {path}")
+    return 0
 
 
 def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, out_dir: Path,
@@ -298,31 +375,35 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
         bar = tqdm(total=len(tasks), initial=len(done), desc=f"{manifest.name} [{backend}]", unit="task",
                    disable=not progress, dynamic_ncols=True, file=sys.stderr)
         try:
-            for task in pending:
-                bar.set_postfix_str(task.id)
-                name = run_name(task.id, backend)
-                started = time.perf_counter()
-                try:
-                    if (out_dir / name).exists():  # not written by save_run (those are complete): do not guess
-                        raise SuppressEOTError(f"{out_dir / name} exists but has no run.json: move it away "
-                                               f"and rerun")
-                    path = run_task(model, task, manifest, options, out_dir, backend, device, extra)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    failed += 1
-                    line = record_failure(out_dir, task, backend, exc)
-                    _note(f"FAILED {task.id}: {line}")
-                    if debug:
-                        import traceback
-
-                        traceback.print_exc()
-                else:
-                    clear_failure(out_dir, task, backend)
-                    _note(f"finished {task.id} in {time.perf_counter() - started:.1f} s -> {path}")
-                write_reports(out_dir, manifest, backend)
-                bar.update(1)
-                model.backend.release_cache()
+            for group in make_groups(pending, options):
+                if len(group) > 1:
+                    bar.set_postfix_str(f"{group[0].id} +{len(group) - 1}")
+                    started = time.perf_counter()
+                    try:
+                        _check_free(out_dir, group, backend)
+                        paths = run_group(model, group, manifest, options, out_dir, backend, device, extra)
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # one bad task must not fail its group: run them one by one
+                        _note(f"group of {len(group)} failed ({error_line(exc)}): running its tasks one by one")
+                        model.backend.release_cache()
+                    else:
+                        for task, path in zip(group, paths):
+                            clear_failure(out_dir, task, backend)
+                            _note(f"finished {task.id} in a group of {len(group)} "
+                                  f"({time.perf_counter() - started:.1f} s) -> {path}")
+                        write_reports(out_dir, manifest, backend)
+                        bar.update(len(group))
+                        model.backend.release_cache()
+                        continue
+                for task in group:
+                    if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
+                        bar.update(1)
+                        continue
+                    failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
+                    write_reports(out_dir, manifest, backend)
+                    bar.update(1)
+                    model.backend.release_cache()
         finally:
             bar.close()
     finished = sum(is_finished(out_dir, run_name(t.id, backend)) for t in tasks)

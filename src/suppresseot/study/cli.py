@@ -79,6 +79,11 @@ def add_parser(subparsers) -> None:
                    help="null-text Adam steps per DDIM step, real photos (default: %(default)s)")
     s.add_argument("--inversion", choices=list(mf.INVERSIONS), default=None,
                    help="nt (null-text) or npi, for every real task (default: the task's own, else nt)")
+    s.add_argument("--group-size", type=_positive, default=1,
+                   help="run up to N tasks of the same kind and settings together, their UNet passes batched "
+                        "(each task keeps its own null-text, ITO state and run directory; results equal one-by-one "
+                        "runs within float rounding; seconds and memory are the group's; a GPU with room for N "
+                        "tasks' activations; default: %(default)s, one at a time)")
     w = batch.add_argument_group("which tasks")
     w.add_argument("--only", nargs="+", metavar="ID", help="run only these task ids")
     w.add_argument("--shard", type=_shard, default=None, metavar="I/N",
@@ -164,7 +169,7 @@ def cmd_batch(args) -> int:
     out = check_writable(args.out)
     options = BatchOptions(steps=args.steps, guidance_scale=args.guidance_scale, iterations=args.iterations,
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
-                           inversion=args.inversion)
+                           inversion=args.inversion, group_size=args.group_size)
 
     def load_model():
         from ..api import SuppressEOT
