@@ -89,11 +89,13 @@ class Run:
 
     @property
     def wall_seconds(self) -> float | None:
-        """The batch's whole-task time if recorded, else the sum of the stage times."""
+        """The batch's whole-task time if recorded, else the sum of the stage times; a task run in a group
+        (``batch --group-size``) gets its share, the group's time over its size."""
+        share = max(1, int(self.record.get("group_size") or 1))
         if isinstance(self.record.get("task_seconds"), (int, float)):
-            return float(self.record["task_seconds"])
+            return float(self.record["task_seconds"]) / share
         seconds = [v for v in (self.record.get("seconds") or {}).values() if isinstance(v, (int, float))]
-        return float(sum(seconds)) if seconds else None
+        return float(sum(seconds)) / share if seconds else None
 
     def file(self, name: str) -> Path | None:
         path = self.path / name

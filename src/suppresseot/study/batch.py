@@ -189,6 +189,7 @@ def summary_rows(out_dir: Path, manifest: Manifest, backend: str) -> tuple[list[
         if record is not None:
             seconds, memory, nvml = record.get("seconds", {}), record.get("memory", {}), record.get("nvml") or {}
             row.update(status="finished", run_dir=name, task_seconds=record.get("task_seconds"),
+                       group_size=record.get("group_size", 1),
                        stage_seconds_total=round(sum(seconds.values()), 4),
                        peak_allocated_bytes=_max(m.get("allocated") for m in memory.values()),
                        peak_reserved_bytes=_max(m.get("reserved") for m in memory.values()),
@@ -222,7 +223,8 @@ def summary_rows(out_dir: Path, manifest: Manifest, backend: str) -> tuple[list[
             task = runs[name]["task"] if name in runs else {"id": failures[name].get("task", name)}
             rows.append(row_for(name, task.get("id", name), task.get("set", ""), task.get("type", ""),
                                 name.rsplit("--", 1)[1]))
-    columns = (["task", "set", "type", "backend", "status", "run_dir", "task_seconds", "stage_seconds_total"]
+    columns = (["task", "set", "type", "backend", "status", "run_dir", "task_seconds", "group_size",
+                "stage_seconds_total"]
                + [f"seconds_{s}" for s in stages]
                + [f"peak_allocated_bytes_{s}" for s in stages] + [f"peak_reserved_bytes_{s}" for s in stages]
                + ["peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes", "nvml_baseline_used_bytes",
