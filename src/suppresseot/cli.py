@@ -55,7 +55,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="Hugging Face hub id or local diffusers folder of a Stable Diffusion v1 model "
-                        "(default: %(default)s; runwayml/stable-diffusion-v1-5 works too)")
+                        "(default: %(default)s; SD v1.5 works too: stable-diffusion-v1-5/stable-diffusion-v1-5, "
+                        "the hub's copy of the withdrawn runwayml/stable-diffusion-v1-5)")
     g.add_argument("--backend", choices=["torch", "jittor"], default="torch", help="framework (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
