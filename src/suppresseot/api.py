@@ -203,12 +203,10 @@ class SuppressEOT:
                     progress=self.progress)
         else:  # negative-prompt inversion: the prompt's own embedding stands in for the null text
             uncond_per_step = [text] * schedule.num_steps
-        k = len(prompts)
         return [Inversion(prompt=prompt, method=settings.method, image=crop, reconstruction=reconstruction,
-                          x_T=latents[-1] if k == 1 else latents[-1][b:b + 1],
-                          uncond_per_step=uncond_per_step if k == 1 else [u[b:b + 1] for u in uncond_per_step],
+                          x_T=latents[-1][b:b + 1], uncond_per_step=[u[b:b + 1] for u in uncond_per_step],
                           null_text_log=log, seconds=dict(timer.seconds), memory=dict(timer.memory),
-                          settings=settings, group_size=k,
+                          settings=settings, group_size=len(prompts),
                           source=str(image) if isinstance(image, (str, os.PathLike)) else None)
                 for b, (prompt, image, crop, reconstruction, log)
                 in enumerate(zip(prompts, images, crops, reconstructions, logs))]
@@ -228,9 +226,9 @@ class SuppressEOT:
         return self.edit_many([image], None if prompt is None else [prompt], [suppress], settings, inversion,
                               steps, guidance_scale, **overrides)[0]
 
-    def edit_many(self, images: list, prompts: list[str] | None, suppress: list, settings: SuppressionSettings | None = None,
-                  inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,
-                  **overrides) -> list[SuppressionResult]:
+    def edit_many(self, images: list, prompts: list[str] | None, suppress: list,
+                  settings: SuppressionSettings | None = None, inversion: InversionSettings | str = "nt",
+                  steps: int = 50, guidance_scale: float = 7.5, **overrides) -> list[SuppressionResult]:
         """``edit`` for several photos (or ``Inversion``s) with shared settings, their UNet passes batched."""
         if all(isinstance(image, Inversion) for image in images):
             inverted = list(images)
@@ -239,7 +237,8 @@ class SuppressEOT:
                     raise SuppressEOTError("the prompt differs from the one the photo was inverted with")
             steps = len(inverted[0].uncond_per_step)
             if any(len(inv.uncond_per_step) != steps for inv in inverted):
-                raise SuppressEOTError("photos edited together must have been inverted with the same number of steps")
+                raise SuppressEOTError("photos edited together must have been inverted with the same number "
+                                       "of steps")
         elif any(isinstance(image, Inversion) for image in images):
             raise SuppressEOTError("edit_many takes photos or Inversions, not a mix of both")
         else:
@@ -299,9 +298,8 @@ class SuppressEOT:
         with timer("text_encoding"):
             text = backend.cat([self._embed(prompt) for prompt in prompts])
             text_np = backend.to_numpy(text)
-        start = starts[0] if k == 1 else backend.cat(starts)
-        uncond = uncond_per_step[0] if k == 1 else [backend.cat([u[i] for u in uncond_per_step])
-                                                    for i in range(schedule.num_steps)]
+        start = backend.cat(starts)
+        uncond = [backend.cat([u[i] for u in uncond_per_step]) for i in range(schedule.num_steps)]
         with timer("swr_ito_sampling"):
             outs = pipeline.suppress_many(backend, schedule, start, text, text_np, uncond,
                                           [table.n for table, _ in groups], [group for _, group in groups],
@@ -315,5 +313,6 @@ class SuppressEOT:
             final_latents=backend.to_numpy(out.final_latents).astype(np.float32), settings=settings,
             sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
             self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
-            seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model, group_size=k)
+            seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model,
+            group_size=k)
             for prompt, (table, group), out, pair in zip(prompts, groups, outs, images)]

@@ -91,7 +91,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         def reconstruction_loss(embedding):
             eps = guided(backend.unet(current, t, embedding), eps_cond)
             error = (schedule.move(current, eps, coefficients) - target) ** 2
-            if k == 1:
+            if k == 1:  # the official loss, reduced as it reduces it
                 return error.mean(), None
             per_photo = error.reshape(k, -1).mean(1)  # photos are independent: d(sum)/d(own) = d(own)
             return per_photo.sum(), {"per_photo": per_photo}
@@ -124,7 +124,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
             started = time.perf_counter()
             updated, m, v, loss = optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients,
                                                     *adam_scalars(j + 1, lr))
-            values = [backend.item(loss)] if k == 1 else [float(x) for x in backend.to_numpy(loss)]
+            values = [float(x) for x in backend.to_numpy(loss).reshape(-1)]  # one host read for all photos
             seconds = time.perf_counter() - started
             # a photo that stopped keeps its embedding (the batch still computes it; its update is dropped)
             uncond = updated if all(active) else backend.cat(
@@ -302,14 +302,5 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     return outs
 
 
-def suppress(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
-             n_tokens: int, token_indices: list[int], settings: SuppressionSettings,
-             sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
-             progress: bool = True) -> SuppressionOutput:
-    """``suppress_many`` for one task."""
-    return suppress_many(backend, schedule, start_latent, text, text_np, uncond_per_step, [n_tokens],
-                         [token_indices], settings, sampling, step_scale, capture_maps, progress)[0]
-
-
 __all__ = ["ddim_inversion", "null_text_optimization", "adam_step", "adam_update", "InferenceTimeOptimization",
-           "suppress", "suppress_many", "SuppressionOutput", "LossWeights"]
+           "suppress_many", "SuppressionOutput", "LossWeights"]

@@ -267,7 +267,8 @@ class TorchBackend:
 
         info = {"backend": "torch", "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
-                "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention, "fast": self.fast, "cuda_graphs": self.cuda_graphs,
+                "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention,
+                "fast": self.fast, "cuda_graphs": self.cuda_graphs,
                 "channels_last": self.channels_last,
                 "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False,
                 "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if self.device.startswith("cuda") else False}

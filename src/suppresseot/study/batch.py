@@ -352,6 +352,29 @@ def _run_one(model, task, manifest, options, out_dir, backend, device, extra, de
     return 0
 
 
+def _run_together(model, group, manifest, options, out_dir, backend, device, extra, bar) -> bool:
+    """A group of tasks in one go; False if it failed (its tasks are then run one by one, so a bad task
+    fails alone)."""
+    bar.set_postfix_str(f"{group[0].id} +{len(group) - 1}")
+    started = time.perf_counter()
+    try:
+        _check_free(out_dir, group, backend)
+        paths = run_group(model, group, manifest, options, out_dir, backend, device, extra)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        _note(f"group of {len(group)} failed ({error_line(exc)}): running its tasks one by one")
+        model.backend.release_cache()
+        return False
+    for task, path in zip(group, paths):
+        clear_failure(out_dir, task, backend)
+        _note(f"finished {task.id} in a group of {len(group)} ({time.perf_counter() - started:.1f} s) -> {path}")
+    write_reports(out_dir, manifest, backend)
+    bar.update(len(group))
+    model.backend.release_cache()
+    return True
+
+
 def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, out_dir: Path,
               options: BatchOptions, progress: bool = True, debug: bool = False, extra: dict | None = None) -> int:
     """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run.
@@ -378,26 +401,9 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
                    disable=not progress, dynamic_ncols=True, file=sys.stderr)
         try:
             for group in make_groups(pending, options):
-                if len(group) > 1:
-                    bar.set_postfix_str(f"{group[0].id} +{len(group) - 1}")
-                    started = time.perf_counter()
-                    try:
-                        _check_free(out_dir, group, backend)
-                        paths = run_group(model, group, manifest, options, out_dir, backend, device, extra)
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:  # one bad task must not fail its group: run them one by one
-                        _note(f"group of {len(group)} failed ({error_line(exc)}): running its tasks one by one")
-                        model.backend.release_cache()
-                    else:
-                        for task, path in zip(group, paths):
-                            clear_failure(out_dir, task, backend)
-                            _note(f"finished {task.id} in a group of {len(group)} "
-                                  f"({time.perf_counter() - started:.1f} s) -> {path}")
-                        write_reports(out_dir, manifest, backend)
-                        bar.update(len(group))
-                        model.backend.release_cache()
-                        continue
+                if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
+                                                    extra, bar):
+                    continue
                 for task in group:
                     if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
                         bar.update(1)
