@@ -15,9 +15,9 @@
 # Jittor pins numpy < 2 while the image's torch side has numpy 2, so Jittor runs in bench.py's child
 # process (--jittor-python) with numpy 1.26 first on its path. Its CUDA-13 patches come from
 # `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
-# neither cost lands in a timed stage. Then the study manifest runs with --fast --group-size 8 and
-# benchmarks/throughput.py compares its images per hour with the official code's (case by case), and
-# benchmarks/profile_jittor.py shows where Jittor's time goes.
+# neither cost lands in a timed stage. The study manifest runs with --fast --group-size 8 (first, see
+# below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
+# and benchmarks/profile_jittor.py shows where Jittor's time goes.
 # Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
 set -u
 cd "$(dirname "$0")/.."
@@ -66,22 +66,28 @@ say "jittor core: rc $? $(tail -1 "$W/jittor-core.log")"
 wait $model_pid
 say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 
-say "bench: official, faithful, fast, jittor; gen0 gen10 real_npi real_nt"
+# The study first: it needs only the model, and if the device lease runs out during the (long) Jittor part,
+# the torch columns and the throughput are already on disk. bench.py writes its report after every
+# (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
+say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
+PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
+PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
+  --model "$MODEL" --fast --group-size "${GROUP:-8}" --out "$W/study-fast" --no-progress > "$W/study.log" 2>&1
+say "study batch: rc $? ($(tail -1 "$W/study.log"))"
+
+say "bench: official, faithful, fast, jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
   --only-impl official,faithful,fast --backends torch,jittor \
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"
 
-say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
-PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
-PYTHONPATH=$TORCH_PATH timeout 1200 python3 -m suppresseot.cli batch "$W/manifests/study.json" --model "$MODEL" \
-  --fast --group-size "${GROUP:-8}" --out "$W/study-fast" --no-progress > "$W/study.log" 2>&1
-say "study batch: rc $? ($(tail -1 "$W/study.log"))"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \
   > "$W/throughput.md" 2>&1
 say "throughput: $(tail -1 "$W/throughput.md")"
 say "jittor profile (benchmarks/profile_jittor.py)"
-PYTHONPATH=$JITTOR_PATH timeout 400 python3 benchmarks/profile_jittor.py --model-dir "$MODEL" > "$W/profile_jittor.log" 2>&1
+PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
+  > "$W/profile_jittor.log" 2>&1
 say "jittor profile: rc $?"
 say "DONE"
+touch "$W/DONE"

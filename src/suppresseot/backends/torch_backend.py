@@ -72,15 +72,10 @@ class RecordingAttnProcessor:
                 probs = attn.get_attention_scores(query, key, attention_mask)
                 recorder(probs, is_cross, self.place)
                 hidden_states = torch.bmm(probs, value)
-            elif self.backend.recompute_attention and torch.is_grad_enabled():
-                # Keep q, k, v for the backward pass instead of the probabilities (a 64x64 layer's are
-                # 0.5 GiB in fp32) and recompute them there with the same kernels: same gradients, and
-                # ITO / null-text steps need ~2.5 GiB less (SD v1.4). Nothing random inside, so no RNG
-                # state to stash (which CUDA graph capture would refuse).
-                hidden_states = checkpoint(_explicit_attention, attn, query, key, value, attention_mask,
-                                           use_reentrant=False, preserve_rng_state=False)
             else:
-                hidden_states = _explicit_attention(attn, query, key, value, attention_mask)
+                hidden_states = _sliced_attention(attn, query, key, value, attention_mask,
+                                                  self.backend.attention_slice_bytes,
+                                                  self.backend.recompute_attention and torch.is_grad_enabled())
             hidden_states = attn.batch_to_head_dim(hidden_states)
 
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -94,6 +89,29 @@ class RecordingAttnProcessor:
 def _explicit_attention(attn, query, key, value, attention_mask):
     """softmax(q k^T * scale) v as diffusers' classic AttnProcessor (and the official code) computes it."""
     return torch.bmm(attn.get_attention_scores(query, key, attention_mask), value)
+
+
+def _sliced_attention(attn, query, key, value, attention_mask, slice_bytes: int | None, recompute: bool):
+    """Explicit attention over groups of (batch x head) rows, each group's probabilities at most
+    ``slice_bytes``: every row is computed alone by the same formula, so results match the unsliced
+    call to rounding, while a 64x64 layer's transient scores and probabilities (2 GiB at batch 2 in
+    fp32, SD v1.4) shrink to one group's. With ``recompute`` (unrecorded layers under autograd) each
+    group keeps only q, k, v for the backward pass and recomputes its probabilities there, one group at
+    a time: same gradients, no stored probability matrices. Nothing random inside, so no RNG state to
+    stash (which CUDA graph capture would refuse)."""
+    rows = query.shape[0]
+    per_row = query.shape[1] * key.shape[1] * query.element_size()
+    step = rows if not slice_bytes else max(1, min(rows, slice_bytes // per_row))
+    outs = []
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        mask = None if attention_mask is None else attention_mask[part]
+        args = (attn, query[part], key[part], value[part], mask)
+        if recompute:
+            outs.append(checkpoint(_explicit_attention, *args, use_reentrant=False, preserve_rng_state=False))
+        else:
+            outs.append(_explicit_attention(*args))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def pick_device(device: str) -> str:
@@ -111,7 +129,7 @@ class TorchBackend:
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool | None = None,
-                 recompute_attention: bool = True):
+                 recompute_attention: bool = True, attention_slice_mib: int | None = 256):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -129,6 +147,9 @@ class TorchBackend:
         # Explicit attention on unrecorded layers under autograd: recompute the probabilities in the
         # backward pass instead of storing them (exact; see RecordingAttnProcessor).
         self.recompute_attention = bool(recompute_attention)
+        # ... and in groups of heads whose probabilities take at most this much (only SD's 64x64 layers are
+        # split: 64 MiB a head in fp32), so no step holds a whole layer's 1-2 GiB of scores at once.
+        self.attention_slice_bytes = attention_slice_mib * 2**20 if attention_slice_mib else None
         self.strict_fp32 = False
         self.recorder = None
         # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
@@ -192,8 +213,11 @@ class TorchBackend:
             return self.vae.encode(x).latent_dist.mean.float() * self.scaling_factor
 
     def vae_decode(self, latents) -> np.ndarray:
+        # One image at a time: the decoder's 512x512 activations are what a batch would double, and the
+        # peak of a run is otherwise set here (convolutions act on each image alone either way).
         with torch.no_grad():
-            image = self.vae.decode((1 / self.scaling_factor) * latents.to(self.torch_dtype)).sample
+            scaled = (1 / self.scaling_factor) * latents.to(self.torch_dtype)
+            image = torch.cat([self.vae.decode(one[None]).sample for one in scaled])
             image = (image / 2 + 0.5).clamp(0, 1)
             return (image.float().cpu().permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
 
@@ -268,6 +292,7 @@ class TorchBackend:
         info = {"backend": "torch", "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
                 "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention,
+                "attention_slice_bytes": self.attention_slice_bytes,
                 "fast": self.fast, "cuda_graphs": self.cuda_graphs,
                 "channels_last": self.channels_last,
                 "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False,
