@@ -69,12 +69,16 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # The study first: it needs only the model, and if the device lease runs out during the (long) Jittor part,
 # the torch columns and the throughput are already on disk. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
+STEPS=" ${STEPS:-study bench profile} "   # e.g. STEPS=profile for the Jittor profile alone
+if [[ $STEPS == *" study "* ]]; then
 say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
 PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
 PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
   --model "$MODEL" --fast --group-size "${GROUP:-8}" --out "$W/study-fast" --no-progress > "$W/study.log" 2>&1
 say "study batch: rc $? ($(tail -1 "$W/study.log"))"
+fi
 
+if [[ $STEPS == *" bench "* ]]; then
 say "bench: official, faithful, fast, jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
   --only-impl official,faithful,fast --backends torch,jittor \
@@ -85,9 +89,12 @@ say "bench: rc $?"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \
   > "$W/throughput.md" 2>&1
 say "throughput: $(tail -1 "$W/throughput.md")"
+fi
+if [[ $STEPS == *" profile "* ]]; then
 say "jittor profile (benchmarks/profile_jittor.py)"
 PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
   > "$W/profile_jittor.log" 2>&1
 say "jittor profile: rc $?"
+fi
 say "DONE"
 touch "$W/DONE"

@@ -272,3 +272,23 @@ def test_a_killed_child_process_does_not_end_the_program():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "still running -9" in proc.stdout, proc.stderr[-1000:]
+
+
+def test_permutes_that_move_the_last_axis_avoid_the_cpu_only_transpose():
+    """jittor's plain ``transpose`` op (taken when a permutation moves the last axis and cuTT is absent)
+    has only a CPU kernel, which on a GPU copies the tensor to the host and back; the models' ``permute``
+    gives the same values (and gradient) through the fused, GPU-capable transpose."""
+    from suppresseot.backends.jittor.models.layers import permute
+
+    x_np = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x = jt.array(x_np)
+    for axes in [(0, 2, 3, 1), (0, 3, 1, 2), (0, 1, 3, 2), (0, 2, 1, 3)]:
+        with jt.profile_scope() as report:
+            y = permute(x, *axes)
+            y.sync()
+        ops = [row[0] for row in report[1:]]
+        assert ops and not any(op.startswith("transpose«") for op in ops), (axes, ops)
+        np.testing.assert_array_equal(y.numpy(), x_np.transpose(axes))
+    weights = np.arange(120, dtype=np.float32).reshape(2, 4, 5, 3)
+    grad = jt.grad((permute(x, 0, 2, 3, 1) * jt.array(weights)).sum(), x)
+    np.testing.assert_array_equal(grad.numpy(), weights.transpose(0, 3, 1, 2))

@@ -11,7 +11,7 @@ import jittor as jt
 from jittor import nn
 
 from ....errors import SuppressEOTError
-from .layers import LayerNorm
+from .layers import LayerNorm, permute
 
 _ACTIVATIONS = {
     "quick_gelu": lambda x: x * jt.sigmoid(1.702 * x),
@@ -29,7 +29,7 @@ class CLIPAttention(nn.Module):
         b, n, d = x.shape
         split = lambda t: t.reshape((b, n, self.heads, -1)).permute(0, 2, 1, 3)  # (B, H, L, D)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        scores = jt.matmul(q, k.permute(0, 1, 3, 2)) * self.scale + mask
+        scores = jt.matmul(q, permute(k, 0, 1, 3, 2)) * self.scale + mask
         probs = nn.softmax(scores.float32(), dim=-1).cast(v.dtype)
         out = jt.matmul(probs, v).permute(0, 2, 1, 3).reshape((b, n, d))
         return self.out_proj(out)

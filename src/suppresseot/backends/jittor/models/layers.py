@@ -43,6 +43,21 @@ def silu(x):
     return x * jt.sigmoid(x)
 
 
+def permute(x, *axes):
+    """``x.permute(*axes)`` that stays on the GPU.
+
+    jittor 1.3 has no GPU kernel for a transpose that moves the last axis unless the optional cuTT
+    library was fetched at build time (impossible offline; ``use_cutt=0``): it then runs a CPU loop and
+    copies the tensor to the host and back (half of an SD UNet forward on an H200). With a trailing unit
+    axis the same permutation keeps the last axis in place, which jittor fuses into a GPU kernel.
+    """
+    if axes[-1] == x.ndim - 1:
+        return x.permute(*axes)
+    shape = tuple(x.shape)
+    moved = x.reshape(shape + (1,)).permute(*axes, len(shape))
+    return moved.reshape(tuple(shape[a] for a in axes))
+
+
 # -- attention ------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import jittor as jt
 from jittor import nn
 
 from ....errors import SuppressEOTError
-from .layers import Attention, Downsample2D, GroupNorm, LayerNorm, ResnetBlock2D, Upsample2D, silu
+from .layers import Attention, Downsample2D, GroupNorm, LayerNorm, ResnetBlock2D, Upsample2D, permute, silu
 
 # config key -> the values this implementation handles (anything else is a different architecture)
 _SUPPORTED = {
@@ -134,14 +134,14 @@ class Transformer2DModel(nn.Module):
         hs = self.norm(x)
         if not self.use_linear:
             hs = self.proj_in(hs)
-        hs = hs.permute(0, 2, 3, 1).reshape((b, h * w, c))
+        hs = permute(hs, 0, 2, 3, 1).reshape((b, h * w, c))
         if self.use_linear:
             hs = self.proj_in(hs)
         for block in self.transformer_blocks:
             hs = block(hs, context)
         if self.use_linear:
             hs = self.proj_out(hs)
-        hs = hs.reshape((b, h, w, c)).permute(0, 3, 1, 2)
+        hs = permute(hs.reshape((b, h, w, c)), 0, 3, 1, 2)
         if not self.use_linear:
             hs = self.proj_out(hs)
         return hs + x

@@ -8,7 +8,7 @@ from __future__ import annotations
 from jittor import nn
 
 from ....errors import SuppressEOTError
-from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, silu
+from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, permute, silu
 
 
 class VAEAttention(Attention):
@@ -20,8 +20,8 @@ class VAEAttention(Attention):
 
     def execute(self, x, context=None):
         b, c, h, w = x.shape
-        seq = self.group_norm(x).reshape((b, c, h * w)).permute(0, 2, 1)
-        out = super().execute(seq).permute(0, 2, 1).reshape((b, c, h, w))
+        seq = permute(self.group_norm(x).reshape((b, c, h * w)), 0, 2, 1)
+        out = permute(super().execute(seq), 0, 2, 1).reshape((b, c, h, w))
         return out + x
 
 
