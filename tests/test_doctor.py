@@ -117,3 +117,21 @@ def test_cli(jt_copy, capsys):
     assert "reverted" in capsys.readouterr().out
     assert main(["doctor", "--fix-jittor", "--jittor-dir", str(jt_copy / "nope")]) == 2
     assert "not a jittor package folder" in capsys.readouterr().err
+
+
+def test_cudnn_algorithm_cache_is_widened_where_jittor_has_cudnn():
+    """On a GPU the backend raises jittor's 100-shape cuDNN algorithm cache (SD v1 needs more); the call
+    it relies on is declared by the installed jittor, and a jittor without cuDNN is left alone."""
+    from types import SimpleNamespace
+
+    from suppresseot.backends.jittor.env import _widen_cudnn_algorithm_cache
+
+    sizes = []
+    fake_jt = SimpleNamespace(cudnn=SimpleNamespace(set_algorithm_cache_size=sizes.append))
+    assert _widen_cudnn_algorithm_cache(fake_jt) == 10000 and sizes == [10000]
+    assert _widen_cudnn_algorithm_cache(SimpleNamespace()) is None
+    installed = doctor.find_jittor_dir()
+    if installed is None:
+        pytest.skip("jittor is not installed")
+    header = installed / "extern" / "cuda" / "cudnn" / "inc" / "cudnn_wrapper.h"
+    assert "@pyjt(set_algorithm_cache_size)" in header.read_text()

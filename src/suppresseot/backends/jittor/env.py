@@ -191,7 +191,23 @@ def import_jittor(device: str = "auto"):
     except (Exception, SystemExit) as exc:
         raise BackendUnavailable(explain_failure(exc, log_path())) from exc
     _state["device"] = "cuda" if use_cuda else "cpu"
+    if use_cuda:
+        _state["cudnn_algorithm_cache"] = _widen_cudnn_algorithm_cache(jt)
     return jt
+
+
+def _widen_cudnn_algorithm_cache(jt, size: int = 10000) -> int | None:
+    """Let jittor remember cuDNN's benchmarked algorithm for every convolution shape.
+
+    jittor keeps 100 shapes per direction; SD v1's UNet at batch 1 and 2, its VAE and their gradients
+    need more (an H200 run logged "forward_ algorithm cache is full"), after which each new shape gets
+    cuDNN's uncached heuristic pick on every call. jittor's own benchmark scripts raise the limit alike.
+    """
+    cudnn = getattr(jt, "cudnn", None)
+    if cudnn is None or not hasattr(cudnn, "set_algorithm_cache_size"):
+        return None
+    cudnn.set_algorithm_cache_size(size)
+    return size
 
 
 def jittor_info() -> dict:
@@ -203,6 +219,7 @@ def jittor_info() -> dict:
         "env_defaults_set": dict(_state["env_defaults_set"]),
         "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "import_log": str(_state["log"]) if _state["log"] else None,
+        "cudnn_algorithm_cache": _state.get("cudnn_algorithm_cache"),
     }
     if jt is not None and hasattr(jt, "flags"):
         compiler = getattr(jt, "compiler", None)
