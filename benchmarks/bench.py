@@ -297,6 +297,11 @@ def relative(a, b) -> float | None:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
+def peak_bytes(r: dict):
+    """torch's allocator peak, or for jittor the live bytes at its allocators' peak (--jittor-memory)."""
+    return r.get("peak_allocated_bytes") or r.get("memory_probe_peak_bytes")
+
+
 def summarize(results: dict, latents: dict, modes: list[str]) -> dict:
     """Per mode: official/ours time (speedup), ours/official peak memory, and final-latent differences."""
     summary = {}
@@ -307,11 +312,12 @@ def summarize(results: dict, latents: dict, modes: list[str]) -> dict:
             r = results.get(impl, {}).get(mode)
             if not r or "total_s" not in r:
                 continue
-            row[impl] = {"total_s": r["total_s"], "peak_allocated_bytes": r["peak_allocated_bytes"]}
+            row[impl] = {"total_s": r["total_s"], "peak_allocated_bytes": peak_bytes(r)}
             if impl != "official" and "total_s" in ref:
                 row[impl]["speedup"] = ref["total_s"] / r["total_s"]
-                if r["peak_allocated_bytes"] and ref.get("peak_allocated_bytes"):
-                    row[impl]["memory_ratio"] = r["peak_allocated_bytes"] / ref["peak_allocated_bytes"]
+                if peak_bytes(r) and ref.get("peak_allocated_bytes"):
+                    row[impl]["memory_ratio"] = peak_bytes(r) / ref["peak_allocated_bytes"]
+                if r.get("peak_reserved_bytes") and ref.get("peak_reserved_bytes"):
                     row[impl]["reserved_ratio"] = r["peak_reserved_bytes"] / ref["peak_reserved_bytes"]
                 row[impl]["latent_rel_diff_vs_official"] = relative(latents.get((impl, mode)),
                                                                     latents.get(("official", mode)))
@@ -344,7 +350,8 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     s = report["settings"]
     lines += ["", f"{s['steps']} DDIM steps, {s['null_text_steps']} null-text steps per step, {report['device']}; "
-              "speedup = official s / ours s, mem ratio = ours / official peak allocated, "
+              "speedup = official s / ours s, mem ratio = ours / official peak allocated (jittor: live "
+              "variables at its allocators' peak, from an untimed run, where --jittor-memory measured it), "
               "Δ = ‖ours − other‖ / ‖other‖ on the final latents (both branches).", "",
               "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB "
               "| NVML peak used GiB (at start) |",
@@ -403,6 +410,10 @@ def parse_args(argv=None):
                    help="run the jittor implementation in a child process started with this command, e.g. "
                         "'env PYTHONPATH=/opt/numpy1 python' where jittor needs numpy<2 and torch's side numpy 2 "
                         "(its results join this run's report)")
+    p.add_argument("--jittor-memory", action="store_true",
+                   help="after the timed jittor runs, measure jittor's peak memory per mode in one more, untimed "
+                        "process per mode (jittor's memory profiler slows a run and cannot be reset)")
+    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # such a process
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed 2-step warm-up per implementation")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="writes bench.json, bench.md, latents/")
@@ -448,6 +459,28 @@ def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:
     return child["results"].get("jittor", {}), child["setup_s"].get("jittor", {}), info
 
 
+def probe_jittor_memory(args, out: Path, results: dict) -> None:
+    """One untimed process per mode with jittor's memory profiler on; its peak joins ``results[mode]``."""
+    python = shlex.split(args.jittor_python) if args.jittor_python else [sys.executable]
+    for mode in args.modes:
+        probe_out = out / "jittor-memory" / mode
+        cmd = [*python, str(Path(__file__).resolve()), "--only-impl", "jittor", "--backends", "torch,jittor",
+               "--size", args.size, "--model-dir", str(args.model_dir), "--modes", mode, "--steps", str(args.steps),
+               "--null-text-steps", str(args.null_text_steps), "--device", args.device, "--memory-probe",
+               "--out", str(probe_out)]
+        print(f"[bench] jittor memory, {mode}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd)
+        try:
+            probe = json.loads((probe_out / "bench.json").read_text())["results"]["jittor"][mode]
+            peak = probe["memory_probe_peak_bytes"]
+        except (OSError, ValueError, KeyError) as exc:
+            peak, probe = None, {"error": f"probe exited {done.returncode} without a result ({type(exc).__name__})"}
+        results.setdefault(mode, {})
+        results[mode]["memory_probe_peak_bytes"] = peak
+        results[mode]["memory_probe"] = {"command": shlex.join(cmd), "untimed_total_s": probe.get("total_s"),
+                                         "error": probe.get("error")}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = Settings(steps=args.steps, null_text_steps=args.null_text_steps)
@@ -473,6 +506,9 @@ def main(argv=None) -> dict:
             free(args.device)
             report["results"][impl], report["setup_s"][impl], report["jittor_child"] = run_child(args, out, latents)
             write()
+            if args.jittor_memory:
+                probe_jittor_memory(args, out, report["results"][impl])
+                write()
             continue
         results = report["results"][impl] = {}
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
@@ -483,7 +519,9 @@ def main(argv=None) -> dict:
             report["setup_s"][impl] = {"load": time.perf_counter() - start}
             if impl == "official":
                 report["reference_stubbed_modules"] = runner.stubbed
-            if not args.no_warmup:
+            if args.memory_probe:
+                runner.model.backend.jt.flags.profile_memory_enable = 1
+            elif not args.no_warmup:
                 report["setup_s"][impl]["warmup"] = warm_up(runner, args.modes, settings)
         except BackendUnavailable as exc:
             runner = None
@@ -497,6 +535,10 @@ def main(argv=None) -> dict:
             print(f"[bench] {impl} {mode} ...", file=sys.stderr, flush=True)
             try:
                 results[mode], latents[(impl, mode)] = measure(runner, mode, settings, args.device)
+                if args.memory_probe:
+                    from suppresseot.backends.jittor.env import peak_live_bytes
+
+                    results[mode]["memory_probe_peak_bytes"] = peak_live_bytes(runner.model.backend.jt)
                 np.save(out / "latents" / f"{impl}-{mode}.npy", latents[(impl, mode)])
                 print(f"[bench] {impl} {mode}: {results[mode]['total_s']:.2f} s", file=sys.stderr, flush=True)
             except Exception as exc:  # noqa: BLE001
@@ -508,6 +550,9 @@ def main(argv=None) -> dict:
             runner.close()
         del runner
         free(args.device)
+        write()
+    if "jittor" in args.impls and args.jittor_memory and not args.memory_probe and not args.jittor_python:
+        probe_jittor_memory(args, out, report["results"].setdefault("jittor", {}))
         write()
     print(markdown(report))
     return report

@@ -69,7 +69,10 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # The study first: it needs only the model, and if the device lease runs out during the (long) Jittor part,
 # the torch columns and the throughput are already on disk. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
-STEPS=" ${STEPS:-study bench profile} "   # e.g. STEPS=profile for the Jittor profile alone
+# STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone); BENCH_IMPLS the torch-side
+# implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
+# --jittor-memory; about as long again as the timed Jittor runs).
+STEPS=" ${STEPS:-study bench profile} "
 if [[ $STEPS == *" study "* ]]; then
 say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
 PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
@@ -79,9 +82,11 @@ say "study batch: rc $? ($(tail -1 "$W/study.log"))"
 fi
 
 if [[ $STEPS == *" bench "* ]]; then
+[[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
 say "bench: official, faithful, fast, jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
+JITTOR_MEMORY_FLAG=""; [ "${JITTOR_MEMORY:-0}" = 1 ] && JITTOR_MEMORY_FLAG=--jittor-memory
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
-  --only-impl official,faithful,fast --backends torch,jittor \
+  --only-impl "${BENCH_IMPLS:-official,faithful,fast}" --backends torch,jittor $JITTOR_MEMORY_FLAG \
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"

@@ -292,3 +292,25 @@ def test_permutes_that_move_the_last_axis_avoid_the_cpu_only_transpose():
     weights = np.arange(120, dtype=np.float32).reshape(2, 4, 5, 3)
     grad = jt.grad((permute(x, 0, 2, 3, 1) * jt.array(weights)).sum(), x)
     np.testing.assert_array_equal(grad.numpy(), weights.transpose(0, 3, 1, 2))
+
+
+def test_peak_live_bytes_from_jittors_memory_profiler():
+    """Runs in a child process: the profiler's maximum cannot be reset, so it must start clean."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from suppresseot.backends.jittor.env import import_jittor, peak_live_bytes
+        jt = import_jittor("cpu")
+        assert peak_live_bytes(jt) is None
+        jt.flags.profile_memory_enable = 1
+        a = jt.array(np.ones((500, 400), np.float32))
+        (a * 2).sum().sync()
+        small = peak_live_bytes(jt)
+        b = jt.array(np.ones((2000, 400), np.float32))
+        (b * 2).sum().sync()
+        print(small, peak_live_bytes(jt))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    small, large = map(int, out.stdout.split()[-2:])
+    assert 500 * 400 * 4 <= small < 2000 * 400 * 4  # a alone (a * 2 is fused into the sum)
+    assert large >= 2000 * 400 * 4 + small  # b and a alive together

@@ -231,3 +231,18 @@ def jittor_info() -> dict:
             "cache_path": getattr(compiler, "cache_path", None),
         })
     return info
+
+
+def peak_live_bytes(jt) -> int | None:
+    """Bytes of live jittor variables at the moment jittor's allocators held the most, since its memory
+    profiler was switched on (``jt.flags.profile_memory_enable = 1``); None while it is off.
+
+    jittor has no allocator peak counter like ``torch.cuda.max_memory_allocated``, and the device-level
+    figure (NVML) shows its caching allocators' pools, not what a run needs. The profiler walks the graph at
+    every new maximum, so it slows a run: measure memory in a run that is not timed. The maximum cannot be
+    reset from Python, so one process measures one thing.
+    """
+    if not int(jt.flags.profile_memory_enable):
+        return None
+    head = jt.get_max_memory_info().split("[!@#div1!@#]", 1)[0].strip()
+    return int(head) if head.isdigit() else None

@@ -1,0 +1,54 @@
+"""benchmarks/bench.py's summary: ratios against the official code, Jittor's memory from its probe runs."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("suppresseot_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(total, peak=None, reserved=None, probe=None):
+    r = {"total_s": total, "stages_s": {"swr_ito_sampling": total}, "stage_groups_s": {"sampling": total},
+         "peak_allocated_bytes": peak, "peak_reserved_bytes": reserved}
+    if probe is not None:
+        r["memory_probe_peak_bytes"] = probe
+    return r
+
+
+def test_summary_uses_jittors_probe_peak_and_compares_latents(bench):
+    results = {"official": {"gen10": _run(30.0, 10 * GIB, 12 * GIB)},
+               "faithful": {"gen10": _run(15.0, 6 * GIB, 7 * GIB)},
+               "jittor": {"gen10": _run(40.0, probe=5 * GIB)}}
+    ref = np.ones((2, 4, 64, 64), np.float32)
+    latents = {("official", "gen10"): ref, ("faithful", "gen10"): ref * 1.001, ("jittor", "gen10"): ref * 0.99}
+    row = bench.summarize(results, latents, ["gen10"])["gen10"]
+    assert row["faithful"]["speedup"] == pytest.approx(2.0)
+    assert row["faithful"]["memory_ratio"] == pytest.approx(0.6)
+    assert row["faithful"]["reserved_ratio"] == pytest.approx(7 / 12)
+    assert row["jittor"]["speedup"] == pytest.approx(0.75)
+    assert row["jittor"]["memory_ratio"] == pytest.approx(0.5)
+    assert "reserved_ratio" not in row["jittor"]
+    assert row["faithful"]["latent_rel_diff_vs_official"] == pytest.approx(1e-3, rel=1e-3)
+    assert row["jittor"]["latent_rel_diff_vs_faithful"] == pytest.approx(0.011 / 1.001, rel=1e-3)
+
+    report = {"results": results, "summary": {"gen10": row}, "device": "test",
+              "settings": {"steps": 50, "null_text_steps": 10}}
+    head, _, first = bench.markdown(report).splitlines()[:3]
+    cells = dict(zip(head.strip("| ").split(" | "), first.strip("| ").split(" | ")))
+    assert cells["jittor peak GiB"] == "5.00" and cells["jittor mem ratio"] == "0.50"
+    assert cells["faithful speedup"] == "2.00x" and cells["official peak GiB"] == "10.00"
