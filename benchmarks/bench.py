@@ -434,15 +434,19 @@ def parse_args(argv=None):
     return args
 
 
+def jittor_command(args, modes: list[str], out: Path, *extra: str) -> list[str]:
+    """This script, run for the jittor implementation alone on the same model and settings."""
+    python = shlex.split(args.jittor_python) if args.jittor_python else [sys.executable]
+    return [*python, str(Path(__file__).resolve()), "--only-impl", "jittor", "--backends", "torch,jittor",
+            "--size", args.size, "--model-dir", str(args.model_dir), "--modes", ",".join(modes),
+            "--steps", str(args.steps), "--null-text-steps", str(args.null_text_steps), "--device", args.device,
+            "--out", str(out), *extra]
+
+
 def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:
     """The jittor implementation in its own process (its own numpy), on the same model and settings."""
     child_out = out / "jittor-child"
-    cmd = [*shlex.split(args.jittor_python), str(Path(__file__).resolve()), "--only-impl", "jittor",
-           "--backends", "torch,jittor", "--size", args.size, "--model-dir", str(args.model_dir),
-           "--modes", ",".join(args.modes), "--steps", str(args.steps), "--null-text-steps",
-           str(args.null_text_steps), "--device", args.device, "--out", str(child_out)]
-    if args.no_warmup:
-        cmd.append("--no-warmup")
+    cmd = jittor_command(args, args.modes, child_out, *(["--no-warmup"] if args.no_warmup else []))
     print(f"[bench] jittor in a child process: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd)
     try:
@@ -461,13 +465,9 @@ def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:
 
 def probe_jittor_memory(args, out: Path, results: dict) -> None:
     """One untimed process per mode with jittor's memory profiler on; its peak joins ``results[mode]``."""
-    python = shlex.split(args.jittor_python) if args.jittor_python else [sys.executable]
     for mode in args.modes:
         probe_out = out / "jittor-memory" / mode
-        cmd = [*python, str(Path(__file__).resolve()), "--only-impl", "jittor", "--backends", "torch,jittor",
-               "--size", args.size, "--model-dir", str(args.model_dir), "--modes", mode, "--steps", str(args.steps),
-               "--null-text-steps", str(args.null_text_steps), "--device", args.device, "--memory-probe",
-               "--out", str(probe_out)]
+        cmd = jittor_command(args, [mode], probe_out, "--memory-probe")
         print(f"[bench] jittor memory, {mode}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
         done = subprocess.run(cmd)
         try:
@@ -506,9 +506,6 @@ def main(argv=None) -> dict:
             free(args.device)
             report["results"][impl], report["setup_s"][impl], report["jittor_child"] = run_child(args, out, latents)
             write()
-            if args.jittor_memory:
-                probe_jittor_memory(args, out, report["results"][impl])
-                write()
             continue
         results = report["results"][impl] = {}
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
@@ -551,7 +548,7 @@ def main(argv=None) -> dict:
         del runner
         free(args.device)
         write()
-    if "jittor" in args.impls and args.jittor_memory and not args.memory_probe and not args.jittor_python:
+    if "jittor" in args.impls and args.jittor_memory and not args.memory_probe:  # jittor runs last (IMPLS)
         probe_jittor_memory(args, out, report["results"].setdefault("jittor", {}))
         write()
     print(markdown(report))

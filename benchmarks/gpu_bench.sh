@@ -83,7 +83,7 @@ fi
 
 if [[ $STEPS == *" bench "* ]]; then
 [[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
-say "bench: official, faithful, fast, jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
+say "bench: ${BENCH_IMPLS:-official,faithful,fast},jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
 JITTOR_MEMORY_FLAG=""; [ "${JITTOR_MEMORY:-0}" = 1 ] && JITTOR_MEMORY_FLAG=--jittor-memory
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
   --only-impl "${BENCH_IMPLS:-official,faithful,fast}" --backends torch,jittor $JITTOR_MEMORY_FLAG \
