@@ -6,7 +6,7 @@ loads the same weights with no download, then runs each implementation on each m
 - ``official``: the unmodified official code (``--reference DIR``, a snapshot of github
   sen-mao/SuppressEOT kept in an ignored folder), driven in-process as shared/bench/ref_bench.py does;
 - ``faithful``: this project, torch backend, default settings (fp32, explicit attention);
-- ``graphs``: ``faithful`` with CUDA graphs on (off by default in fp32), to show what they save and that
+- ``eager``: ``faithful`` with CUDA graphs off (on by default on a GPU), to show what they save and that
   they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
@@ -64,7 +64,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "graphs", "fast", "jittor")
+IMPLS = ("official", "faithful", "eager", "fast", "jittor")
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -248,7 +248,7 @@ def load(impl: str, args, settings: Settings):
     backend = "jittor" if impl == "jittor" else "torch"
     fast = impl == "fast"
     return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
-                cuda_graphs=True if impl == "graphs" else None)
+                cuda_graphs=False if impl == "eager" else None)
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:

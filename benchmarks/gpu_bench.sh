@@ -69,7 +69,8 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # The study first: it needs only the model, and if the device lease runs out during the (long) Jittor part,
 # the torch columns and the throughput are already on disk. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
-# STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone); BENCH_IMPLS the torch-side
+# STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone; "steps" adds
+# benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel); BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
 # --jittor-memory; about as long again as the timed Jittor runs).
 STEPS=" ${STEPS:-study bench profile} "
@@ -94,6 +95,12 @@ say "bench: rc $?"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \
   > "$W/throughput.md" 2>&1
 say "throughput: $(tail -1 "$W/throughput.md")"
+fi
+if [[ $STEPS == *" steps "* ]]; then
+say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"
+PYTHONPATH=$TORCH_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_steps.py --model-dir "$MODEL" \
+  --out "$RESULTS" > "$W/profile_steps.log" 2>&1
+say "torch step profile: rc $?"
 fi
 if [[ $STEPS == *" profile "* ]]; then
 say "jittor profile (benchmarks/profile_jittor.py)"

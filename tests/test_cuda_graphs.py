@@ -40,7 +40,7 @@ def test_graphed_step_rejects_arguments_it_cannot_hold():
             step._static(bad)
 
 
-def test_graphs_stay_off_on_the_cpu_and_default_to_fast_mode(tiny_model_dir):
+def test_graphs_stay_off_on_the_cpu_and_default_to_on_on_a_gpu(tiny_model_dir):
     from suppresseot.backends.torch_backend import TorchBackend
 
     backend = TorchBackend(tiny_model_dir, device="cpu", cuda_graphs=True)
@@ -49,7 +49,7 @@ def test_graphs_stay_off_on_the_cpu_and_default_to_fast_mode(tiny_model_dir):
     from suppresseot.cli import build_parser
 
     args = build_parser().parse_args(["generate", "a cat", "--suppress-words", "cat"])
-    assert args.cuda_graphs is None  # resolved by the backend: on with --fast on a GPU
+    assert args.cuda_graphs is None  # resolved by the backend: on wherever there is a GPU
 
 
 @pytest.mark.slow

@@ -108,8 +108,8 @@ class SuppressionResult:
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
                  cuda_graphs: bool | None = None):
     """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
-    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: in
-    fast mode only)."""
+    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: on
+    wherever there is a GPU)."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
@@ -137,7 +137,7 @@ class SuppressEOT:
                         progress: bool = True) -> "SuppressEOT":
         """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
         graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
-        default None = in fast mode only, where they pay off)."""
+        default None = on wherever there is a GPU; False for plain eager runs)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)

@@ -67,8 +67,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "official code; default: off, faithful)")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="PyTorch on a GPU: replay the repeated UNet passes as captured CUDA graphs (the eager "
-                        "kernels; much faster in bfloat16, ~2%% in float32, ~2 GiB more reserved memory; default: on with "
-                        "--fast, off otherwise)")
+                        "kernels without the host's launch overhead; more reserved memory for the graphs' pool; "
+                        "default: on wherever there is a GPU)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:

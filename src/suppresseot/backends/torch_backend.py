@@ -129,7 +129,7 @@ class TorchBackend:
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool | None = None,
-                 recompute_attention: bool = True, attention_slice_mib: int | None = 256):
+                 recompute_attention: bool = True, attention_slice_mib: int | None = 128):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -148,15 +148,17 @@ class TorchBackend:
         # backward pass instead of storing them (exact; see RecordingAttnProcessor).
         self.recompute_attention = bool(recompute_attention)
         # ... and in groups of heads whose probabilities take at most this much (only SD's 64x64 layers are
-        # split: 64 MiB a head in fp32), so no step holds a whole layer's 1-2 GiB of scores at once.
+        # split: 64 MiB a head in fp32, 2 heads a group), so no step holds a whole layer's 1-2 GiB of scores
+        # at once: a group's backward holds probabilities, their gradient and the scores' gradient together.
         self.attention_slice_bytes = attention_slice_mib * 2**20 if attention_slice_mib else None
         self.strict_fp32 = False
         self.recorder = None
         # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
-        # minus the host's launch overhead. That overhead is what limits bf16 (fast mode: 4x faster with
-        # graphs); fp32 is GPU-bound (2% faster) and the graphs' memory pool costs ~2 GiB of reserved
-        # memory, so by default graphs are on in fast mode only.
-        self.cuda_graphs = (fast if cuda_graphs is None else bool(cuda_graphs)) and self.device.startswith("cuda")
+        # minus the host's launch overhead, which limits both modes: a bf16 null-text iteration is 4x faster
+        # replayed, and in fp32 (H200, benchmarks/profile_steps.py) its 60 ms of kernels took 118 ms eagerly
+        # (3200 launches, the checkpointed attention's Python among them). Costs reserved memory for the
+        # graphs' pool, not allocated memory. On by default on a GPU.
+        self.cuda_graphs = (True if cuda_graphs is None else bool(cuda_graphs)) and self.device.startswith("cuda")
         self._graph_steps = weakref.WeakSet()  # live graphed steps, which share a memory pool
         if self.device.startswith("cuda"):
             # Faithful: the official code's arithmetic as it runs, i.e. PyTorch's defaults: fp32 matmuls

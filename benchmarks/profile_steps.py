@@ -1,0 +1,187 @@
+"""Where the GPU time of SuppressEOT's repeated steps goes, kernel by kernel (GPU).
+
+The three steps that make up nearly all of a run: a null-text iteration (UNet forward + backward to the
+unconditional embedding, batch 1), an ITO iteration (the same through the recorded 16x16 maps) and a
+denoising step (two batch-2 forwards, one recorded). For each: median wall milliseconds eager and as a
+CUDA-graph replay (= the GPU work alone), for the faithful backend's attention settings (recompute, heads
+grouping) and cuDNN autotuning; then one torch.profiler pass per step, its kernels summed by kind
+(convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
+
+    python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder  # noqa: E402
+from suppresseot.backends.cuda_graphs import GraphedStep  # noqa: E402
+from suppresseot.backends.torch_backend import TorchBackend  # noqa: E402
+from suppresseot.random_model import save_random_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_unet import timed  # noqa: E402
+
+KINDS = [  # first match wins; kernel names of cuDNN, cuBLAS/CUTLASS and PyTorch
+    ("convolution", r"conv|cudnn|implicit_gemm|dgrad|wgrad|fprop|xmma_fprop|sm\d+_xmma_(fprop|dgrad)"),
+    ("softmax", r"softmax"),
+    ("normalization", r"norm|welford|group_norm|layer_norm"),
+    ("matmul", r"gemm|cutlass|xmma|sm\d+_|matmul|ampere|hopper|nvjet"),
+    ("copy/layout", r"copy|transpose|permute|cat|index|memcpy|memset|fill"),
+    ("reduction", r"reduce"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise"),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, pattern in KINDS:
+        if re.search(pattern, low):
+            return kind
+    return "other"
+
+
+def kernel_table(fn, label: str) -> dict:
+    """One profiled call: GPU milliseconds per kernel kind and the 15 costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]  # kernels, not the ops launching them
+    by_kind: dict[str, float] = {}
+    rows = []
+    for e in kernels:
+        ms = getattr(e, "device_time_total", None)
+        ms = (ms if ms is not None else e.cuda_time_total) / 1e3
+        if ms <= 0:
+            continue
+        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + ms
+        rows.append((ms, e.count, e.key[:110]))
+    rows.sort(reverse=True)
+    total = sum(by_kind.values())
+    print(f"\n## {label}: {total:.1f} ms of kernels, {sum(r[1] for r in rows)} launches")
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:14s} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
+    for ms, count, name in rows[:15]:
+        print(f"  {ms:8.2f} ms  x{count:<5d} {name}")
+    return {"label": label, "total_ms": total, "by_kind_ms": by_kind,
+            "top": [{"ms": ms, "count": c, "kernel": n} for ms, c, n in rows[:25]]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=ROOT / ".bench" / "random-sd-v1")
+    p.add_argument("--size", default="sd-v1")
+    p.add_argument("--fast", action="store_true", help="profile fast mode (bf16) instead of faithful")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the steps with the UNet under torch.compile (inductor), eager and graphed")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if not (args.model_dir / "model_index.json").exists():
+        save_random_model(args.model_dir, ROOT / "src/suppresseot/data/clip-tokenizer", size=args.size)
+    backend = TorchBackend(args.model_dir, device="cuda", fast=args.fast, dtype="bfloat16" if args.fast else "float32",
+                           cuda_graphs=False)
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, 64, 64, device="cuda")
+    target = torch.randn(1, 4, 64, 64, device="cuda")
+    text = backend.encode_text([49406] + [320] * 8 + [49407] * 68)
+
+    # the timestep comes in as an argument, as in the pipeline: a graphed step turns it into a device scalar
+    # (a Python int inside would make diffusers copy it to the GPU, which a capture refuses)
+    def null_text(e, latent, target, t):
+        def loss(x):
+            return ((backend.unet(latent, t, x) - target) ** 2).mean(), None
+        value, _, grad = backend.value_and_grad(loss, e)
+        return e - 1e-3 * grad, value
+
+    def ito(e, latent, t):
+        def loss(x):
+            recorder = AttentionRecorder()
+            backend.unet(latent, t, x, recorder=recorder)
+            cross = recorder.aggregate(True, ALL_PLACES).double()
+            self_ = recorder.aggregate(False, ALL_PLACES).double()
+            return (cross ** 2).sum() + (self_ ** 2).sum(), None
+        value, _, grad = backend.value_and_grad(loss, e)
+        return e - grad, value
+
+    def denoise(latent, text, t):
+        with torch.no_grad():
+            latents = torch.cat([latent, latent])
+            eps_u = backend.unet(latents, t, torch.cat([text, text]))
+            eps_c = backend.unet(latents, t, torch.cat([text, text]), recorder=AttentionRecorder())
+            return latents + 0.1 * (eps_c - eps_u)
+
+    steps = {"null_text_iteration": (null_text, (text, latent, target, 500)),
+             "ito_iteration": (ito, (text, latent, 500)),
+             "denoising_step": (denoise, (latent, text, 500))}
+    variants = [("default", {}), ("no recompute", {"recompute_attention": False}),
+                ("groups of 256 MiB", {"attention_slice_bytes": 256 * 2**20}),
+                ("groups of 64 MiB", {"attention_slice_bytes": 64 * 2**20}),
+                ("no head groups", {"attention_slice_bytes": None})]
+    if args.fast:
+        variants = variants[:1]
+    if args.compile:
+        variants.append(("torch.compile", {"_compile": True}))
+    defaults = {"recompute_attention": backend.recompute_attention, "attention_slice_bytes": backend.attention_slice_bytes}
+    rows = []
+    for label, settings in variants:
+        for key, value in {**defaults, **settings}.items():
+            if not key.startswith("_"):
+                setattr(backend, key, value)
+        torch.backends.cudnn.benchmark = bool(settings.get("_benchmark"))
+        row = {"variant": label}
+        if settings.get("_compile"):
+            started = time.perf_counter()
+            backend.unet_model = torch.compile(backend.unet_model, dynamic=False)
+            null_text(*steps["null_text_iteration"][1])
+            torch.cuda.synchronize()
+            row["compile_s"] = time.perf_counter() - started
+        for name, (fn, inputs) in steps.items():
+            if settings.get("_compile") and name != "null_text_iteration":
+                row.update({f"{name}_eager_ms": float("nan"), f"{name}_graph_ms": float("nan"),
+                            f"{name}_peak_gib": float("nan")})
+                continue
+            row[f"{name}_eager_ms"], row[f"{name}_peak_gib"] = timed(lambda: fn(*inputs), args.repeats)
+            graphed = GraphedStep(fn, "cuda")
+            row[f"{name}_graph_ms"] = timed(lambda: graphed(*inputs), args.repeats)[0]
+            del graphed
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for key, value in defaults.items():
+        setattr(backend, key, value)
+    backend.unet_model = getattr(backend.unet_model, "_orig_mod", backend.unet_model)
+    torch.backends.cudnn.benchmark = False
+    tables = [kernel_table(lambda: fn(*inputs), name) for name, (fn, inputs) in steps.items()]
+
+    head = ["variant"] + [f"{n} {w}" for n in steps for w in ("eager ms", "graph ms", "peak GiB")]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r["variant"]] + [f"{r[f'{n}_{w}']:.{1 if w != 'peak_gib' else 2}f}" for n in steps
+                                  for w in ("eager_ms", "graph_ms", "peak_gib")]
+        lines.append("| " + " | ".join(cells) + " |")
+    header = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
+              f"{'fast (bf16)' if args.fast else 'faithful (fp32)'}")
+    print(f"\n{header}\n" + "\n".join(lines))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = "profile_steps_fast" if args.fast else "profile_steps"
+        (args.out / f"{stem}.json").write_text(json.dumps({"device": header, "timings": rows, "kernels": tables},
+                                                          indent=1))
+
+
+if __name__ == "__main__":
+    main()
