@@ -114,3 +114,37 @@ def test_graphs_give_the_eager_results(tiny_model_dir, monkeypatch):
     graph_losses = [r["loss"] for r in graph_edit.inversion.null_text_log]
     assert graph_losses[0] == eager_losses[0]
     np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-3)
+
+
+def test_offloaded_models_swap_their_weights_in_and_out():
+    """HostResident (the text encoder and VAE between uses on a GPU): inside the context the module's
+    weights are fresh copies on the target device, afterwards they are the host tensors again, and results
+    are unchanged. On this CPU-only machine the copies go to the CPU; CUDA takes the same path."""
+    from suppresseot.backends.torch_backend import HostResident
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    module.register_buffer("scale", torch.tensor(2.0))
+    x = torch.randn(5, 3)
+    expected = module(x)
+    resident = HostResident(module, "cpu")
+    host_pointers = [t.data_ptr() for t in [*module.parameters(), *module.buffers()]]
+    with resident.on_device() as on_device:
+        assert on_device is module
+        inside = [t.data_ptr() for t in [*module.parameters(), *module.buffers()]]
+        assert not set(inside) & set(host_pointers)
+        assert torch.equal(module(x), expected)
+    assert [t.data_ptr() for t in [*module.parameters(), *module.buffers()]] == host_pointers
+    assert torch.equal(module(x), expected)
+
+
+def test_offload_is_off_on_the_cpu_and_on_by_default(tiny_model_dir):
+    from suppresseot.backends.torch_backend import TorchBackend
+    from suppresseot.cli import build_parser
+
+    backend = TorchBackend(tiny_model_dir, device="cpu", offload_models=True)
+    assert backend.info()["offload_models"] is False
+    assert next(backend.text_encoder.parameters()).device.type == "cpu"
+    args = build_parser().parse_args(["generate", "a cat", "--suppress-words", "cat", "--no-offload-models"])
+    assert args.offload_models is False
+    assert build_parser().parse_args(["generate", "a cat", "--suppress-words", "cat"]).offload_models is None

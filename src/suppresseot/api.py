@@ -106,15 +106,16 @@ class SuppressionResult:
 
 
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, offload_models: bool | None = None):
     """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
     backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: on
-    wherever there is a GPU)."""
+    wherever there is a GPU). ``offload_models``: the PyTorch backend keeps the text encoder and the VAE in
+    CPU memory between uses on a GPU (same results, lower peak; None: on wherever there is a GPU)."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
-                            fast=fast, cuda_graphs=cuda_graphs)
+                            fast=fast, cuda_graphs=cuda_graphs, offload_models=offload_models)
     if name == "jittor":
         from .backends.jittor.backend import JittorBackend
 
@@ -134,16 +135,19 @@ class SuppressEOT:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
                         dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
+                        offload_models: bool | None = None,
                         progress: bool = True) -> "SuppressEOT":
         """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
         graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
-        default None = on wherever there is a GPU; False for plain eager runs)."""
+        default None = on wherever there is a GPU; False for plain eager runs). ``offload_models`` (PyTorch on a
+        GPU): keep the text encoder and VAE in CPU memory between uses (default None = on; False keeps them on
+        the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)
         tokenizer = Tokenizer.from_pretrained(model_dir)
-        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs), tokenizer, str(model),
-                   progress)
+        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs, offload_models), tokenizer,
+                   str(model), progress)
 
     # --- helpers ------------------------------------------------------------------------------
     def tokens(self, prompt: str) -> TokenTable:

@@ -69,6 +69,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="PyTorch on a GPU: replay the repeated UNet passes as captured CUDA graphs (the eager "
                         "kernels without the host's launch overhead; more reserved memory for the graphs' pool; "
                         "default: on wherever there is a GPU)")
+    g.add_argument("--offload-models", action=argparse.BooleanOptionalAction, default=None,
+                   help="PyTorch on a GPU: keep the text encoder and the VAE in CPU memory between uses (same "
+                        "results; 0.75 GiB lower peak in float32 for a host-to-device copy per use; default: on "
+                        "wherever there is a GPU)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
@@ -220,7 +224,8 @@ def cmd_run(args) -> int:
 
     from .api import SuppressEOT, load_backend
 
-    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, args.cuda_graphs)
+    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, args.cuda_graphs,
+                           args.offload_models)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
     import shlex
 
