@@ -92,9 +92,13 @@ PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MO
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"
 
+if [ -f "$W/study-fast/summary.csv" ]; then
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \
   > "$W/throughput.md" 2>&1
 say "throughput: $(tail -1 "$W/throughput.md")"
+else
+say "throughput: skipped (no study results in $W/study-fast: add 'study' to STEPS)"
+fi
 fi
 if [[ $STEPS == *" steps "* ]]; then
 say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"

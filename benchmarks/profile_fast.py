@@ -21,6 +21,7 @@ from suppresseot.backends.torch_backend import TorchBackend  # noqa: E402
 from suppresseot.random_model import save_random_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_steps import null_text_iteration, step_inputs  # noqa: E402
 from profile_unet import timed  # noqa: E402
 
 
@@ -40,18 +41,8 @@ def main() -> None:
         for channels_last in (False, True):
             backend = TorchBackend(args.model_dir, device="cuda", dtype=dtype, fast=True, cuda_graphs=True,
                                    channels_last=channels_last)
-            torch.manual_seed(0)
-            latent = torch.randn(1, 4, 64, 64, device="cuda")
-            target = torch.randn(1, 4, 64, 64, device="cuda")
-            embedding = backend.encode_text([49406] + [320] * 8 + [49407] * 68)
-
-            def iteration(e, latent, target, t):
-                def loss(x):
-                    return ((backend.unet(latent, t, x) - target) ** 2).mean(), None
-
-                value, _, grad = backend.value_and_grad(loss, e)
-                return e - 1e-3 * grad, value
-
+            embedding, latent, target = step_inputs(backend)
+            iteration = null_text_iteration(backend)
             graphed = GraphedStep(iteration, "cuda")
             row = {"dtype": dtype, "channels_last": channels_last,
                    "eager_ms": median_ms(lambda: iteration(embedding, latent, target, 500)),

@@ -50,6 +50,27 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def step_inputs(backend):
+    """A prompt embedding and two seeded latents (the input and a target) on the GPU."""
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, 64, 64, device="cuda")
+    target = torch.randn(1, 4, 64, 64, device="cuda")
+    return backend.encode_text([49406] + [320] * 8 + [49407] * 68), latent, target
+
+
+def null_text_iteration(backend):
+    """A null-text iteration's work: UNet forward + backward to the embedding (batch 1) and an update.
+
+    The timestep comes in as an argument, as in the pipeline: a graphed step turns it into a device scalar
+    (a Python int inside would make diffusers copy it to the GPU, which a capture refuses)."""
+    def step(e, latent, target, t):
+        def loss(x):
+            return ((backend.unet(latent, t, x) - target) ** 2).mean(), None
+        value, _, grad = backend.value_and_grad(loss, e)
+        return e - 1e-3 * grad, value
+    return step
+
+
 def kernel_table(fn, label: str) -> dict:
     """One profiled call: GPU milliseconds per kernel kind and the 15 costliest kernels."""
     from torch.profiler import ProfilerActivity, profile
@@ -94,18 +115,8 @@ def main() -> None:
         save_random_model(args.model_dir, ROOT / "src/suppresseot/data/clip-tokenizer", size=args.size)
     backend = TorchBackend(args.model_dir, device="cuda", fast=args.fast, dtype="bfloat16" if args.fast else "float32",
                            cuda_graphs=False)
-    torch.manual_seed(0)
-    latent = torch.randn(1, 4, 64, 64, device="cuda")
-    target = torch.randn(1, 4, 64, 64, device="cuda")
-    text = backend.encode_text([49406] + [320] * 8 + [49407] * 68)
-
-    # the timestep comes in as an argument, as in the pipeline: a graphed step turns it into a device scalar
-    # (a Python int inside would make diffusers copy it to the GPU, which a capture refuses)
-    def null_text(e, latent, target, t):
-        def loss(x):
-            return ((backend.unet(latent, t, x) - target) ** 2).mean(), None
-        value, _, grad = backend.value_and_grad(loss, e)
-        return e - 1e-3 * grad, value
+    text, latent, target = step_inputs(backend)
+    null_text = null_text_iteration(backend)
 
     def ito(e, latent, t):
         def loss(x):

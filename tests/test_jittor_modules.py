@@ -314,3 +314,55 @@ def test_peak_live_bytes_from_jittors_memory_profiler():
     small, large = map(int, out.stdout.split()[-2:])
     assert 500 * 400 * 4 <= small < 2000 * 400 * 4  # a alone (a * 2 is fused into the sum)
     assert large >= 2000 * 400 * 4 + small  # b and a alive together
+
+
+def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no_probabilities():
+    """Unrecorded attention layers differentiate through ``RecomputedAttention``: the same values and (to
+    float32 rounding) the same gradients as autodiff of the explicit ops, without keeping the
+    (B*heads, queries, keys) probabilities for the backward pass (measured in a child process with
+    jittor's memory profiler, whose maximum cannot be reset)."""
+    from suppresseot.backends.jittor.models.layers import RecomputedAttention, attention_probabilities
+
+    rng = np.random.default_rng(0)
+    for keys in (96, 7):  # self- and cross-attention shapes
+        q_np, k_np, v_np = (rng.standard_normal(s).astype(np.float32) for s in [(4, 96, 8), (4, keys, 8), (4, keys, 8)])
+        weights = jt.array(rng.standard_normal((4, 96, 8)).astype(np.float32))
+        results = []
+        for recompute in (False, True):
+            q, k, v = jt.array(q_np), jt.array(k_np), jt.array(v_np)
+            out = (RecomputedAttention.apply(q, k, v, 0.35) if recompute
+                   else nn_bmm(attention_probabilities(q, k, 0.35), v))
+            results.append([out.numpy()] + [g.numpy() for g in jt.grad((out * weights).sum(), [q, k, v])])
+        for explicit, recomputed in zip(*results):
+            np.testing.assert_allclose(recomputed, explicit, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(results[1][0], results[0][0])  # the forward is the explicit ops
+
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from suppresseot.backends.jittor.env import import_jittor, peak_live_bytes
+        from suppresseot.backends.jittor.models.layers import RecomputedAttention, attention_probabilities
+        jt = import_jittor("cpu")
+        jt.flags.profile_memory_enable = 1
+        rng = np.random.default_rng(0)
+        q, k, v = (jt.array(rng.standard_normal((8, 1024, 16)).astype(np.float32)) for _ in range(3))
+        if sys.argv[1] == "recompute":
+            out = RecomputedAttention.apply(q, k, v, 0.25)
+        else:
+            out = jt.nn.bmm(attention_probabilities(q, k, 0.25), v)
+        out = out * 2  # a later layer
+        out.sync()
+        jt.grad(out.sum(), [q, k, v])[0].sync()
+        print(peak_live_bytes(jt))
+    """)
+    peaks = {}
+    for how in ("explicit", "recompute"):
+        proc = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[how] = int(proc.stdout.split()[-1])
+    probs_bytes = 8 * 1024 * 1024 * 4
+    assert peaks["explicit"] - peaks["recompute"] >= probs_bytes, peaks
+
+
+def nn_bmm(a, b):
+    return jt.nn.bmm(a, b)
