@@ -4,7 +4,7 @@ The three steps that make up nearly all of a run: a null-text iteration (UNet fo
 unconditional embedding, batch 1), an ITO iteration (the same through the recorded 16x16 maps) and a
 denoising step (two batch-2 forwards, one recorded). For each: median wall milliseconds eager and as a
 CUDA-graph replay (= the GPU work alone), for the faithful backend's attention settings (recompute, heads
-grouping) and cuDNN autotuning; then one torch.profiler pass per step, its kernels summed by kind
+grouping) and, with --compile, a torch.compile'd UNet; then one torch.profiler pass per step, its kernels summed by kind
 (convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
 
     python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--out DIR]
@@ -152,7 +152,6 @@ def main() -> None:
         for key, value in {**defaults, **settings}.items():
             if not key.startswith("_"):
                 setattr(backend, key, value)
-        torch.backends.cudnn.benchmark = bool(settings.get("_benchmark"))
         row = {"variant": label}
         if settings.get("_compile"):
             started = time.perf_counter()
@@ -175,7 +174,6 @@ def main() -> None:
     for key, value in defaults.items():
         setattr(backend, key, value)
     backend.unet_model = getattr(backend.unet_model, "_orig_mod", backend.unet_model)
-    torch.backends.cudnn.benchmark = False
     tables = [kernel_table(lambda: fn(*inputs), name) for name, (fn, inputs) in steps.items()]
 
     head = ["variant"] + [f"{n} {w}" for n in steps for w in ("eager ms", "graph ms", "peak GiB")]
