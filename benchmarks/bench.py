@@ -5,7 +5,10 @@ loads the same weights with no download, then runs each implementation on each m
 
 - ``official``: the unmodified official code (``--reference DIR``, a snapshot of github
   sen-mao/SuppressEOT kept in an ignored folder), driven in-process as shared/bench/ref_bench.py does;
-- ``faithful``: this project, torch backend, default settings (fp32, explicit attention);
+- ``faithful``: this project, torch backend, default settings (fp32; on a GPU: fused SDPA on the layers
+  whose maps are not read, NHWC convolutions, CUDA graphs, offloaded text encoder and VAE);
+- ``explicit``: ``faithful`` with every layer's attention explicit and NCHW convolutions, as the official
+  code computes (the faithful default before 2026-12-02), to show what fused attention and NHWC change;
 - ``eager``: ``faithful`` with CUDA graphs off (on by default on a GPU), to show what they save and that
   they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
@@ -64,7 +67,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "eager", "fast", "jittor")
+IMPLS = ("official", "faithful", "explicit", "eager", "fast", "jittor")
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -221,11 +224,14 @@ class Ours:
     """This project through its public API (the same calls a user makes)."""
 
     def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
-                 settings: Settings, cuda_graphs: bool | None = None):
+                 settings: Settings, cuda_graphs: bool | None = None, explicit: bool = False):
         self.name, self.settings = name, settings
         self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
         self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
-                                                 cuda_graphs=cuda_graphs, progress=False)
+                                                 cuda_graphs=cuda_graphs, progress=False,
+                                                 fused_attention=False if explicit else None)
+        if explicit:
+            self.model.backend.use_channels_last(False)
 
     def run(self, mode: str, steps: int, null_text_steps: int):
         kind, inversion, iterations = MODES[mode]
@@ -248,7 +254,7 @@ def load(impl: str, args, settings: Settings):
     backend = "jittor" if impl == "jittor" else "torch"
     fast = impl == "fast"
     return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
-                cuda_graphs=False if impl == "eager" else None)
+                cuda_graphs=False if impl == "eager" else None, explicit=impl == "explicit")
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:

@@ -3,9 +3,11 @@
 The three steps that make up nearly all of a run: a null-text iteration (UNet forward + backward to the
 unconditional embedding, batch 1), an ITO iteration (the same through the recorded 16x16 maps) and a
 denoising step (two batch-2 forwards, one recorded). For each: median wall milliseconds eager and as a
-CUDA-graph replay (= the GPU work alone), for the faithful backend's attention settings (recompute, heads
-grouping) and, with --compile, a torch.compile'd UNet; then one torch.profiler pass per step, its kernels summed by kind
-(convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
+CUDA-graph replay, the sum of its kernels' GPU time, and the UNet output's difference from the default,
+for the faithful backend's defaults and without fused attention and/or NHWC convolutions (the official
+code's arithmetic and layout) and, with --compile, a torch.compile'd UNet; then one torch.profiler pass
+per step with the defaults, its kernels summed by kind (convolution, matmul, softmax, normalization,
+elementwise, copies) and the top kernels. Usage:
 
     python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--out DIR]
 """
@@ -71,7 +73,7 @@ def null_text_iteration(backend):
     return step
 
 
-def kernel_table(fn, label: str) -> dict:
+def kernel_table(fn, label: str, quiet: bool = False) -> dict:
     """One profiled call: GPU milliseconds per kernel kind and the 15 costliest kernels."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -92,6 +94,8 @@ def kernel_table(fn, label: str) -> dict:
         rows.append((ms, e.count, e.key[:110]))
     rows.sort(reverse=True)
     total = sum(by_kind.values())
+    if quiet:
+        return {"label": label, "total_ms": total, "by_kind_ms": by_kind}
     print(f"\n## {label}: {total:.1f} ms of kernels, {sum(r[1] for r in rows)} launches")
     for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:14s} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
@@ -138,21 +142,26 @@ def main() -> None:
     steps = {"null_text_iteration": (null_text, (text, latent, target, 500)),
              "ito_iteration": (ito, (text, latent, 500)),
              "denoising_step": (denoise, (latent, text, 500))}
-    variants = [("default", {}), ("no recompute", {"recompute_attention": False}),
-                ("groups of 256 MiB", {"attention_slice_bytes": 256 * 2**20}),
-                ("groups of 64 MiB", {"attention_slice_bytes": 64 * 2**20}),
-                ("no head groups", {"attention_slice_bytes": None})]
+    variants = [("default", {}), ("explicit attention", {"fused_attention": False}),
+                ("NCHW", {"_channels_last": False}),
+                ("explicit + NCHW (official layout)", {"fused_attention": False, "_channels_last": False})]
     if args.fast:
         variants = variants[:1]
     if args.compile:
         variants.append(("torch.compile", {"_compile": True}))
-    defaults = {"recompute_attention": backend.recompute_attention, "attention_slice_bytes": backend.attention_slice_bytes}
+    defaults = {"fused_attention": backend.fused_attention, "_channels_last": backend.channels_last}
     rows = []
+    with torch.no_grad():  # the first variant's UNet output: what the others' rounding is measured against
+        reference_eps = backend.unet(latent, 500, text)
     for label, settings in variants:
-        for key, value in {**defaults, **settings}.items():
-            if not key.startswith("_"):
-                setattr(backend, key, value)
+        merged = {**defaults, **settings}
+        backend.fused_attention = merged["fused_attention"]
+        if backend.channels_last != merged["_channels_last"]:
+            backend.use_channels_last(merged["_channels_last"])
         row = {"variant": label}
+        with torch.no_grad():
+            eps = backend.unet(latent, 500, text)
+        row["eps_rel_diff_vs_default"] = float((eps - reference_eps).norm() / reference_eps.norm())
         if settings.get("_compile"):
             started = time.perf_counter()
             backend.unet_model = torch.compile(backend.unet_model, dynamic=False)
@@ -169,18 +178,21 @@ def main() -> None:
             row[f"{name}_graph_ms"] = timed(lambda: graphed(*inputs), args.repeats)[0]
             del graphed
             torch.cuda.empty_cache()
+            if not settings.get("_compile"):
+                row[f"{name}_kernel_ms"] = kernel_table(lambda: fn(*inputs), f"{label}: {name}", quiet=True)["total_ms"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    for key, value in defaults.items():
-        setattr(backend, key, value)
+    backend.fused_attention = defaults["fused_attention"]
+    backend.use_channels_last(defaults["_channels_last"])
     backend.unet_model = getattr(backend.unet_model, "_orig_mod", backend.unet_model)
     tables = [kernel_table(lambda: fn(*inputs), name) for name, (fn, inputs) in steps.items()]
 
-    head = ["variant"] + [f"{n} {w}" for n in steps for w in ("eager ms", "graph ms", "peak GiB")]
+    what = ("eager_ms", "graph_ms", "kernel_ms", "peak_gib")
+    head = ["variant", "UNet output Δ default"] + [f"{n} {w.replace('_', ' ')}" for n in steps for w in what]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r["variant"]] + [f"{r[f'{n}_{w}']:.{1 if w != 'peak_gib' else 2}f}" for n in steps
-                                  for w in ("eager_ms", "graph_ms", "peak_gib")]
+        cells = [r["variant"], f"{r['eps_rel_diff_vs_default']:.1e}"] + [
+            f"{r.get(f'{n}_{w}', float('nan')):.{1 if w != 'peak_gib' else 2}f}" for n in steps for w in what]
         lines.append("| " + " | ".join(cells) + " |")
     header = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
               f"{'fast (bf16)' if args.fast else 'faithful (fp32)'}")

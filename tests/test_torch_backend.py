@@ -88,3 +88,43 @@ def test_vae_decodes_each_image_as_a_batch_would(tiny_model_dir):
     batch = ((batch / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype("uint8")
     assert abs(images.astype(int) - batch.astype(int)).max() <= 1
     assert (images[0] != images[1]).any()
+
+
+def test_fused_attention_and_nhwc_defaults_and_what_they_change(tiny_model_dir):
+    """Faithful mode on the CPU computes every layer explicitly in NCHW (the parity fixture's arithmetic);
+    fused attention and NHWC convolutions, the GPU defaults, change the UNet output and the null-text
+    gradient by rounding only, and the options reach the backend from the CLI and the API."""
+    from suppresseot.api import SuppressEOT
+    from suppresseot.backends.torch_backend import TorchBackend
+    from suppresseot.cli import build_parser
+
+    backend = TorchBackend(tiny_model_dir, device="cpu")
+    info = backend.info()
+    assert info["fused_attention"] is False and info["channels_last"] is False
+    assert TorchBackend(tiny_model_dir, device="cpu", fast=True).fused_attention is True
+    torch.manual_seed(3)
+    latent = torch.randn(1, 4, 64, 64)
+    embedding = torch.randn(1, 77, backend.text_encoder.config.hidden_size)
+
+    def run():
+        with torch.no_grad():
+            out = backend.unet(latent, 301, embedding)
+        value, _, grad = backend.value_and_grad(
+            lambda x: (backend.unet(latent, 301, x).square().mean(), None), embedding)
+        return out, value, grad
+
+    explicit = run()
+    backend.fused_attention = True
+    backend.use_channels_last(True)
+    assert next(p for p in backend.unet_model.parameters() if p.ndim == 4).is_contiguous(
+        memory_format=torch.channels_last)
+    fused = run()
+    for a, b in zip(fused, explicit):
+        assert float((a - b).norm() / b.norm()) < 1e-5
+    assert not torch.equal(fused[0], explicit[0])  # a different kernel really ran
+
+    parse = build_parser().parse_args
+    assert parse(["generate", "a cat", "--suppress-words", "cat"]).fused_attention is None
+    assert parse(["generate", "a cat", "--suppress-words", "cat", "--no-fused-attention"]).fused_attention is False
+    model = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", fused_attention=True, progress=False)
+    assert model.backend.info()["fused_attention"] is True

@@ -106,16 +106,20 @@ class SuppressionResult:
 
 
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
-                 cuda_graphs: bool | None = None, offload_models: bool | None = None):
+                 cuda_graphs: bool | None = None, offload_models: bool | None = None,
+                 fused_attention: bool | None = None):
     """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
     backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: on
     wherever there is a GPU). ``offload_models``: the PyTorch backend keeps the text encoder and the VAE in
-    CPU memory between uses on a GPU (same results, lower peak; None: on wherever there is a GPU)."""
+    CPU memory between uses on a GPU (same results, lower peak; None: on wherever there is a GPU).
+    ``fused_attention``: the PyTorch backend runs layers whose maps are not read through fused SDPA (rounds
+    differently from the official explicit attention by ~1e-6 a call; None: on a GPU or in fast mode)."""
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
-                            fast=fast, cuda_graphs=cuda_graphs, offload_models=offload_models)
+                            fast=fast, cuda_graphs=cuda_graphs, offload_models=offload_models,
+                            fused_attention=fused_attention)
     if name == "jittor":
         from .backends.jittor.backend import JittorBackend
 
@@ -135,18 +139,21 @@ class SuppressEOT:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
                         dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
-                        offload_models: bool | None = None,
+                        offload_models: bool | None = None, fused_attention: bool | None = None,
                         progress: bool = True) -> "SuppressEOT":
         """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
         graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
         default None = on wherever there is a GPU; False for plain eager runs). ``offload_models`` (PyTorch on a
         GPU): keep the text encoder and VAE in CPU memory between uses (default None = on; False keeps them on
-        the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32)."""
+        the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32). ``fused_attention`` (PyTorch): SDPA on the
+        layers whose maps are not read (default None = on a GPU or with ``fast``; False computes every layer
+        explicitly, the official arithmetic)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)
         tokenizer = Tokenizer.from_pretrained(model_dir)
-        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs, offload_models), tokenizer,
+        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs, offload_models,
+                                fused_attention), tokenizer,
                    str(model), progress)
 
     # --- helpers ------------------------------------------------------------------------------

@@ -73,6 +73,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="PyTorch on a GPU: keep the text encoder and the VAE in CPU memory between uses (same "
                         "results; 0.75 GiB lower peak in float32 for a host-to-device copy per use; default: on "
                         "wherever there is a GPU)")
+    g.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="PyTorch: compute the layers whose attention maps are not read with fused SDPA (rounds "
+                        "differently from the official explicit attention, ~1e-6 a call; much less memory; "
+                        "default: on a GPU or with --fast, off on the CPU)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
@@ -225,7 +229,7 @@ def cmd_run(args) -> int:
     from .api import SuppressEOT, load_backend
 
     backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, args.cuda_graphs,
-                           args.offload_models)
+                           args.offload_models, args.fused_attention)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
     import shlex
 

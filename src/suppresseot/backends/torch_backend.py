@@ -3,7 +3,7 @@
 Attention maps are read through diffusers' attention-processor API (``set_attn_processor``), not by
 replacing module ``forward``s, so the code follows diffusers releases. The processor computes
 attention explicitly (as diffusers' classic ``AttnProcessor`` and the official code do) where maps are
-needed or strict parity is asked for, and with fused SDPA elsewhere in fast mode.
+needed and on the CPU (the parity fixture), and with fused SDPA elsewhere on a GPU or in fast mode.
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ class TorchBackend:
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool | None = None,
                  recompute_attention: bool = True, attention_slice_mib: int | None = 128,
-                 offload_models: bool | None = None):
+                 offload_models: bool | None = None, fused_attention: bool | None = None):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -170,11 +170,13 @@ class TorchBackend:
         self.device = pick_device(device)
         self.dtype = dtype
         self.torch_dtype = DTYPES[dtype]
-        # Fast mode: fused SDPA on layers whose maps nobody reads (the 64x64 self-attention maps alone are
-        # 1 GiB a layer in fp32). Faithful mode computes every layer explicitly as the official code: SDPA
-        # rounds differently (~1e-6 a call), and DDIM inversion + null-text amplify that past the 1e-4
-        # parity tolerance on the reference fixture (2e-4 to 8e-3 seen).
-        self.fused_attention = fast
+        on_gpu = self.device.startswith("cuda")
+        # Fused SDPA on layers whose maps nobody reads (the 64x64 self-attention maps alone are 1 GiB a layer
+        # in fp32): on by default on a GPU, in fp32 too (PyTorch's memory-efficient kernel). It rounds
+        # differently from the official explicit softmax(q k^T) v (~1e-6 a call), far below what the GPU's
+        # TF32 convolutions already change; on the CPU faithful mode stays explicit, as the parity fixture
+        # needs: DDIM inversion + null-text amplify SDPA's rounding past its 1e-4 tolerance (2e-4 to 8e-3 seen).
+        self.fused_attention = (fast or on_gpu) if fused_attention is None else bool(fused_attention)
         self.fast = fast
         # Explicit attention on unrecorded layers under autograd: recompute the probabilities in the
         # backward pass instead of storing them (exact; see RecordingAttnProcessor).
@@ -222,11 +224,10 @@ class TorchBackend:
         else:
             self.text_encoder.to(self.device)
             self.vae.to(self.device)
-        # NHWC convolutions (fast mode on a GPU): cuDNN's tensor-core kernels need no layout transposes; a
-        # graphed bf16 null-text iteration takes 16.5 instead of 20.5 ms on the H100 (profile_fast.py)
-        self.channels_last = (fast and self.device.startswith("cuda")) if channels_last is None else bool(channels_last)
-        if self.channels_last:
-            self.unet_model.to(memory_format=torch.channels_last)
+        # NHWC convolutions on a GPU: cuDNN's kernels (TF32 or bf16 tensor cores) work in NHWC and otherwise
+        # transpose every input and output (fp32 null-text iteration on an H200: 6 of 60 ms of kernels; a
+        # graphed bf16 one takes 16.5 instead of 20.5 ms on the H100, profile_fast.py). Same arithmetic.
+        self.use_channels_last(on_gpu if channels_last is None else bool(channels_last))
         self.scaling_factor = float(self.vae.config.scaling_factor)
         # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
         self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
@@ -240,6 +241,11 @@ class TorchBackend:
         if self.offload_models:
             return (self._text_encoder if module is self.text_encoder else self._vae).on_device()
         return nullcontext(module)
+
+    def use_channels_last(self, flag: bool) -> None:
+        """Keep the UNet's convolution weights (and feed its inputs) in NHWC, or back in NCHW."""
+        self.channels_last = bool(flag)
+        self.unet_model.to(memory_format=torch.channels_last if flag else torch.contiguous_format)
 
     def encode_text(self, ids: list[int]):
         with torch.no_grad(), self._on_device(self.text_encoder) as text_encoder:
