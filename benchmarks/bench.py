@@ -8,7 +8,7 @@ loads the same weights with no download, then runs each implementation on each m
 - ``faithful``: this project, torch backend, default settings (fp32; on a GPU: fused SDPA on the layers
   whose maps are not read, NHWC convolutions, CUDA graphs, offloaded text encoder and VAE);
 - ``explicit``: ``faithful`` with every layer's attention explicit and NCHW convolutions, as the official
-  code computes (the faithful default before 2026-12-02), to show what fused attention and NHWC change;
+  code computes (the faithful default before 2026-12-01), to show what fused attention and NHWC change;
 - ``eager``: ``faithful`` with CUDA graphs off (on by default on a GPU), to show what they save and that
   they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;

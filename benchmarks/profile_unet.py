@@ -1,6 +1,6 @@
 """Where the time and memory of one UNet call go, per attention path and convolution precision (GPU).
 
-The faithful mode runs strict fp32 with explicit attention; this measures what each of those choices
+The faithful mode ran strict fp32 with explicit attention (on a GPU it now fuses unrecorded layers); this measures what each of those choices
 costs for the two calls SuppressEOT makes most: a no-grad forward (sampling, inversion) and an ITO
 forward+backward to the text embedding through the recorded 16x16 maps. Usage:
 

@@ -118,3 +118,26 @@ def test_cli_runs_without_torch(tmp_path, tiny_model_dir):
     assert record["backend"]["backend"] == "jittor"
     assert record["backend"]["initial_noise"].startswith("numpy")  # no torch: the documented numpy generator
     assert np.load(run / "final_latents.npy").shape == (2, 4, 64, 64)
+
+
+def test_attention_recompute_is_opt_in_and_changes_no_value(models, tiny_model_dir):
+    """The explicit attention ops are the default (the recomputing layer raised the null-text peak on an
+    H200, docs/jittor.md); opting in flags every attention layer and gives the same UNet gradient."""
+    from suppresseot.backends.jittor.backend import JittorBackend
+
+    default = models[0].backend
+    assert default.info()["recompute_attention"] is False
+    assert not any(m.recompute for m in default.unet_model.attention_modules())
+    recomputing = JittorBackend(tiny_model_dir, device="cpu", recompute_attention=True)
+    assert all(m.recompute for m in recomputing.unet_model.attention_modules())
+
+    rng = np.random.default_rng(4)
+    latent = rng.standard_normal((1, 4, 64, 64)).astype(np.float32)
+    embedding = default.to_numpy(default.encode_text([49406] + [320] * 5 + [49407] * 71))
+    grads = []
+    for backend in (default, recomputing):
+        x, e = backend.from_numpy(latent), backend.from_numpy(embedding)
+        value, _, grad = backend.value_and_grad(lambda c: ((backend.unet(x, 301, c) ** 2).mean(), None), e)
+        grads.append((backend.item(value), backend.to_numpy(grad)))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert relative(grads[1][1], grads[0][1]) < 1e-5 and np.abs(grads[0][1]).sum() > 0

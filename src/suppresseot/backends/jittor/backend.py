@@ -31,7 +31,8 @@ def initial_noise(seed: int) -> tuple[np.ndarray, str]:
 class JittorBackend:
     name = "jittor"
 
-    def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False):
+    def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
+                 recompute_attention: bool = False):
         if device.startswith("cuda"):
             device = "cuda"
         if device not in ("auto", "cpu", "cuda"):
@@ -43,6 +44,9 @@ class JittorBackend:
         self.noise_source = None
         self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
         self.scaling_factor = float(self.vae.scaling_factor)
+        self.recompute_attention = bool(recompute_attention)  # off: see layers.RecomputedAttention
+        for module in self.unet_model.attention_modules():
+            module.recompute = self.recompute_attention
 
     # --- models -------------------------------------------------------------------------------
     def encode_text(self, ids: list[int]):
@@ -126,7 +130,8 @@ class JittorBackend:
         return {"allocated": None, "reserved": None}
 
     def info(self) -> dict:
-        info = {"backend": "jittor", "device": self.device, "dtype": self.dtype, "jittor": jittor_info()}
+        info = {"backend": "jittor", "device": self.device, "dtype": self.dtype, "jittor": jittor_info(),
+                "recompute_attention": self.recompute_attention}
         if self.noise_source:
             info["initial_noise"] = self.noise_source
         return info
