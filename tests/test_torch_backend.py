@@ -21,6 +21,16 @@ def _gradient_and_saved_bytes(backend, latent, embedding):
     return value, grad, sum(saved)
 
 
+def _output_loss_and_gradient(backend, latent, embedding, t):
+    """The UNet output for the whole batch (no grad), and the first item's mean-square loss and its
+    gradient to the embedding: what sampling and null-text/ITO ask of the attention layers."""
+    with torch.no_grad():
+        out = backend.unet(latent, t, embedding)
+    value, _, grad = backend.value_and_grad(
+        lambda x: (backend.unet(latent[:1], t, x).square().mean(), None), embedding[:1])
+    return out, value, grad
+
+
 def test_recomputed_attention_gives_the_same_gradient_and_keeps_less(tiny_model_dir):
     """Unrecorded explicit attention under autograd keeps q, k, v and recomputes the probabilities in the
     backward pass: bitwise the same gradient, without the 64x64 layers' probability matrices."""
@@ -58,11 +68,7 @@ def test_sliced_attention_matches_whole_layers(tiny_model_dir):
     embedding = torch.randn(2, 77, backend.text_encoder.config.hidden_size)
 
     def run():
-        with torch.no_grad():
-            out = backend.unet(latent, 501, embedding)
-        value, _, grad = backend.value_and_grad(
-            lambda x: (backend.unet(latent[:1], 501, x).square().mean(), None), embedding[:1])
-        return out, value, grad
+        return _output_loss_and_gradient(backend, latent, embedding, 501)
 
     backend.attention_slice_bytes = None
     whole = run()
@@ -107,11 +113,7 @@ def test_fused_attention_and_nhwc_defaults_and_what_they_change(tiny_model_dir):
     embedding = torch.randn(1, 77, backend.text_encoder.config.hidden_size)
 
     def run():
-        with torch.no_grad():
-            out = backend.unet(latent, 301, embedding)
-        value, _, grad = backend.value_and_grad(
-            lambda x: (backend.unet(latent, 301, x).square().mean(), None), embedding)
-        return out, value, grad
+        return _output_loss_and_gradient(backend, latent, embedding, 301)
 
     explicit = run()
     backend.fused_attention = True
