@@ -112,15 +112,12 @@ def test_fused_attention_and_nhwc_defaults_and_what_they_change(tiny_model_dir):
     latent = torch.randn(1, 4, 64, 64)
     embedding = torch.randn(1, 77, backend.text_encoder.config.hidden_size)
 
-    def run():
-        return _output_loss_and_gradient(backend, latent, embedding, 301)
-
-    explicit = run()
+    explicit = _output_loss_and_gradient(backend, latent, embedding, 301)
     backend.fused_attention = True
     backend.use_channels_last(True)
     assert next(p for p in backend.unet_model.parameters() if p.ndim == 4).is_contiguous(
         memory_format=torch.channels_last)
-    fused = run()
+    fused = _output_loss_and_gradient(backend, latent, embedding, 301)
     for a, b in zip(fused, explicit):
         assert float((a - b).norm() / b.norm()) < 1e-5
     assert not torch.equal(fused[0], explicit[0])  # a different kernel really ran

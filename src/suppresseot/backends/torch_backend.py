@@ -192,9 +192,9 @@ class TorchBackend:
         # replayed, and in fp32 (H200, benchmarks/profile_steps.py) its 60 ms of kernels took 118 ms eagerly
         # (3200 launches, the checkpointed attention's Python among them). Costs reserved memory for the
         # graphs' pool, not allocated memory. On by default on a GPU.
-        self.cuda_graphs = (True if cuda_graphs is None else bool(cuda_graphs)) and self.device.startswith("cuda")
+        self.cuda_graphs = (True if cuda_graphs is None else bool(cuda_graphs)) and on_gpu
         self._graph_steps = weakref.WeakSet()  # live graphed steps, which share a memory pool
-        if self.device.startswith("cuda"):
+        if on_gpu:
             # Faithful: the official code's arithmetic as it runs, i.e. PyTorch's defaults: fp32 matmuls
             # without TF32, cuDNN convolutions allowed TF32. SUPPRESSEOT_STRICT_FP32=1 turns TF32 off in
             # convolutions too, at a price: on an H100 (cuDNN 9.19) cuDNN then picks batch-1 fp32 conv
@@ -214,7 +214,7 @@ class TorchBackend:
         except (OSError, ValueError, EnvironmentError) as exc:
             raise SuppressEOTError(f"could not load the model from {model_dir}: {str(exc).splitlines()[0]}") from exc
         # The text encoder and the VAE wait in CPU memory between uses on a GPU (HostResident); the UNet stays.
-        self.offload_models = (True if offload_models is None else bool(offload_models)) and self.device.startswith("cuda")
+        self.offload_models = (True if offload_models is None else bool(offload_models)) and on_gpu
         for module in (self.text_encoder, self.unet_model, self.vae):
             module.eval().requires_grad_(False)
         self.unet_model.to(self.device)
