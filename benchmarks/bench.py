@@ -12,6 +12,8 @@ loads the same weights with no download, then runs each implementation on each m
 - ``eager``: ``faithful`` with CUDA graphs off (on by default on a GPU), to show what they save and that
   they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
+- ``compiled``: ``fast`` with ``compile_unet=True`` (``--compile``: the UNet calls that record no maps run
+  through torch.compile; compilation happens in the untimed warm-up and is reported under ``setup_s``);
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
   when jittor cannot run here.
 
@@ -67,7 +69,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "explicit", "eager", "fast", "jittor")
+IMPLS = ("official", "faithful", "explicit", "eager", "fast", "compiled", "jittor")
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -224,12 +226,14 @@ class Ours:
     """This project through its public API (the same calls a user makes)."""
 
     def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
-                 settings: Settings, cuda_graphs: bool | None = None, explicit: bool = False):
+                 settings: Settings, cuda_graphs: bool | None = None, explicit: bool = False,
+                 compile_unet: bool = False):
         self.name, self.settings = name, settings
         self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
         self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
                                                  cuda_graphs=cuda_graphs, progress=False,
-                                                 fused_attention=False if explicit else None)
+                                                 fused_attention=False if explicit else None,
+                                                 compile_unet=compile_unet or None)
         if explicit:
             self.model.backend.use_channels_last(False)
 
@@ -252,9 +256,10 @@ def load(impl: str, args, settings: Settings):
     if impl == "official":
         return Official(args.reference, args.model_dir, args.device, settings)
     backend = "jittor" if impl == "jittor" else "torch"
-    fast = impl == "fast"
+    fast = impl in ("fast", "compiled")
     return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
-                cuda_graphs=False if impl == "eager" else None, explicit=impl == "explicit")
+                cuda_graphs=False if impl == "eager" else None, explicit=impl == "explicit",
+                compile_unet=impl == "compiled")
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:

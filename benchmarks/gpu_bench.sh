@@ -70,24 +70,26 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # the torch columns and the throughput are already on disk. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
 # STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone; "steps" adds
-# benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel); BENCH_IMPLS the torch-side
+# benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
+# --compile" profiles fast mode and adds the compiled UNet); STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
-# --jittor-memory; about as long again as the timed Jittor runs).
+# --jittor-memory; about as long again as the timed Jittor runs); BENCH_BACKENDS=torch leaves Jittor out.
 STEPS=" ${STEPS:-study bench profile} "
 if [[ $STEPS == *" study "* ]]; then
 say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
 PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
 PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
-  --model "$MODEL" --fast --group-size "${GROUP:-8}" --out "$W/study-fast" --no-progress > "$W/study.log" 2>&1
+  --model "$MODEL" --fast --group-size "${GROUP:-8}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
+  > "$W/study.log" 2>&1
 say "study batch: rc $? ($(tail -1 "$W/study.log"))"
 fi
 
 if [[ $STEPS == *" bench "* ]]; then
 [[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
-say "bench: ${BENCH_IMPLS:-official,faithful,fast},jittor; ${MODES:-gen0,gen10,real_npi,real_nt}"
+say "bench: ${BENCH_IMPLS:-official,faithful,fast} (${BENCH_BACKENDS:-torch,jittor}); ${MODES:-gen0,gen10,real_npi,real_nt}"
 JITTOR_MEMORY_FLAG=""; [ "${JITTOR_MEMORY:-0}" = 1 ] && JITTOR_MEMORY_FLAG=--jittor-memory
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
-  --only-impl "${BENCH_IMPLS:-official,faithful,fast}" --backends torch,jittor $JITTOR_MEMORY_FLAG \
+  --only-impl "${BENCH_IMPLS:-official,faithful,fast}" --backends "${BENCH_BACKENDS:-torch,jittor}" $JITTOR_MEMORY_FLAG \
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"
@@ -103,7 +105,7 @@ fi
 if [[ $STEPS == *" steps "* ]]; then
 say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"
 PYTHONPATH=$TORCH_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_steps.py --model-dir "$MODEL" \
-  --out "$RESULTS" > "$W/profile_steps.log" 2>&1
+  ${PROFILE_FLAGS:-} --out "$RESULTS" > "$W/profile_steps.log" 2>&1
 say "torch step profile: rc $?"
 fi
 if [[ $STEPS == *" profile "* ]]; then

@@ -127,3 +127,49 @@ def test_fused_attention_and_nhwc_defaults_and_what_they_change(tiny_model_dir):
     assert parse(["generate", "a cat", "--suppress-words", "cat", "--no-fused-attention"]).fused_attention is False
     model = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", fused_attention=True, progress=False)
     assert model.backend.info()["fused_attention"] is True
+
+
+def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
+    """``compile_unet`` sends the UNet calls that record no maps through torch.compile: the same values and
+    gradients (traced here with a counting backend that runs the captured graph as is; on a GPU inductor
+    fuses it), one graph per batch shape and grad mode (not one per timestep: the timestep goes in as a
+    tensor), and recorded calls stay eager so the recorder still gets its maps. Jittor refuses the option."""
+    from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder
+    from suppresseot.api import SuppressEOT, load_backend
+    from suppresseot.backends.torch_backend import TorchBackend
+    from suppresseot.cli import build_parser
+    from suppresseot.errors import SuppressEOTError
+
+    graphs = []
+
+    def counting(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    eager = TorchBackend(tiny_model_dir, device="cpu")
+    compiled = TorchBackend(tiny_model_dir, device="cpu", compile_unet=counting)
+    assert eager.info()["compile_unet"] is False and compiled.info()["compile_unet"] == "custom"
+    torch.manual_seed(5)
+    latent = torch.randn(2, 4, 64, 64)
+    embedding = torch.randn(2, 77, eager.text_encoder.config.hidden_size)
+    expected = _output_loss_and_gradient(eager, latent, embedding, 301)
+    for t in (301, 281):  # a second timestep reuses both graphs
+        got = _output_loss_and_gradient(compiled, latent, embedding, t)
+        if t == 301:
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert len(graphs) == 2  # batch 2 without grad, batch 1 with grad
+
+    recorder = AttentionRecorder()
+    with torch.no_grad():
+        compiled.unet(latent, 301, embedding, recorder=recorder)
+    assert len(graphs) == 2 and recorder.aggregate(True, ALL_PLACES).shape[-1] == 77
+
+    parse = build_parser().parse_args
+    assert parse(["generate", "a cat", "--suppress-words", "cat"]).compile is False
+    assert parse(["generate", "a cat", "--suppress-words", "cat", "--compile"]).compile is True
+    assert SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", progress=False).backend.compile_unet is False
+    with pytest.raises(SuppressEOTError, match="--compile .* PyTorch backend"):
+        load_backend("jittor", tiny_model_dir, "cpu", compile_unet=True)
+    with pytest.raises(TypeError, match="unknown backend option"):
+        load_backend("torch", tiny_model_dir, "cpu", compile_graphs=True)

@@ -105,22 +105,35 @@ class SuppressionResult:
         return save_run(self, out_dir, name, extra)
 
 
+TORCH_OPTIONS = ("cuda_graphs", "offload_models", "fused_attention", "compile_unet")
+
+
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
-                 cuda_graphs: bool | None = None, offload_models: bool | None = None,
-                 fused_attention: bool | None = None):
-    """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. ``cuda_graphs``: the PyTorch
-    backend replays the repeated steps as CUDA graphs on a GPU (same results, less host overhead; None: on
-    wherever there is a GPU). ``offload_models``: the PyTorch backend keeps the text encoder and the VAE in
-    CPU memory between uses on a GPU (same results, lower peak; None: on wherever there is a GPU).
-    ``fused_attention``: the PyTorch backend runs layers whose maps are not read through fused SDPA (rounds
-    differently from the official explicit attention by ~1e-6 a call; None: on a GPU or in fast mode)."""
+                 **torch_options):
+    """``dtype`` None: float32, or bfloat16 for the PyTorch backend's fast mode. The PyTorch backend's own
+    options (None: its default):
+
+    - ``cuda_graphs``: replay the repeated steps as CUDA graphs on a GPU (same results, less host overhead;
+      default on wherever there is a GPU);
+    - ``offload_models``: keep the text encoder and the VAE in CPU memory between uses on a GPU (same
+      results, lower peak; default on wherever there is a GPU);
+    - ``fused_attention``: run layers whose maps are not read through fused SDPA (rounds differently from
+      the official explicit attention by ~1e-6 a call; default on a GPU or in fast mode);
+    - ``compile_unet``: run the UNet calls that record no maps through ``torch.compile`` (fewer, fused
+      kernels; minutes of compilation per batch shape on first use; default off).
+    """
+    unknown = sorted(set(torch_options) - set(TORCH_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(TORCH_OPTIONS)}")
     if name == "torch":
         from .backends.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
-                            fast=fast, cuda_graphs=cuda_graphs, offload_models=offload_models,
-                            fused_attention=fused_attention)
+                            fast=fast, **{k: v for k, v in torch_options.items() if v is not None})
     if name == "jittor":
+        if torch_options.get("compile_unet"):
+            raise SuppressEOTError("--compile (torch.compile) is an option of the PyTorch backend; the Jittor "
+                                   "backend compiles its kernels itself: drop --compile or use --backend torch")
         from .backends.jittor.backend import JittorBackend
 
         return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast)
@@ -140,21 +153,22 @@ class SuppressEOT:
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
                         dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
                         offload_models: bool | None = None, fused_attention: bool | None = None,
-                        progress: bool = True) -> "SuppressEOT":
+                        compile_unet: bool | None = None, progress: bool = True) -> "SuppressEOT":
         """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
         graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
         default None = on wherever there is a GPU; False for plain eager runs). ``offload_models`` (PyTorch on a
         GPU): keep the text encoder and VAE in CPU memory between uses (default None = on; False keeps them on
         the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32). ``fused_attention`` (PyTorch): SDPA on the
         layers whose maps are not read (default None = on a GPU or with ``fast``; False computes every layer
-        explicitly, the official arithmetic)."""
+        explicitly, the official arithmetic). ``compile_unet`` (PyTorch): ``torch.compile`` the UNet calls that
+        record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         model_dir = resolve_model(model)
         tokenizer = Tokenizer.from_pretrained(model_dir)
-        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs, offload_models,
-                                fused_attention), tokenizer,
-                   str(model), progress)
+        return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs=cuda_graphs,
+                                offload_models=offload_models, fused_attention=fused_attention,
+                                compile_unet=compile_unet), tokenizer, str(model), progress)
 
     # --- helpers ------------------------------------------------------------------------------
     def tokens(self, prompt: str) -> TokenTable:

@@ -77,6 +77,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="PyTorch: compute the layers whose attention maps are not read with fused SDPA (rounds "
                         "differently from the official explicit attention, ~1e-6 a call; much less memory; "
                         "default: on a GPU or with --fast, off on the CPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="PyTorch: run the UNet passes that record no attention maps (null-text, inversion, the "
+                        "unconditional pass) through torch.compile: fused kernels, faster on a GPU, rounding "
+                        "moves slightly; the first image of each batch shape waits minutes for the compiler "
+                        "(cached on disk for later runs; default: off)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
@@ -228,8 +233,9 @@ def cmd_run(args) -> int:
 
     from .api import SuppressEOT, load_backend
 
-    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, args.cuda_graphs,
-                           args.offload_models, args.fused_attention)
+    backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, cuda_graphs=args.cuda_graphs,
+                           offload_models=args.offload_models, fused_attention=args.fused_attention,
+                           compile_unet=args.compile)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
     import shlex
 

@@ -177,7 +177,7 @@ def cmd_batch(args) -> int:
         return SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                            fast=args.fast, cuda_graphs=args.cuda_graphs,
                                            offload_models=args.offload_models,
-                                           fused_attention=args.fused_attention,
+                                           fused_attention=args.fused_attention, compile_unet=args.compile,
                                            progress=not args.no_progress)
 
     command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
