@@ -37,11 +37,11 @@ def test_make_groups_gathers_tasks_of_one_kind_and_settings_in_order():
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
+def model(small_model_dir):
     pytest.importorskip("diffusers")
     from suppresseot import SuppressEOT
 
-    return SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+    return SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
 
 
 @pytest.mark.slow
@@ -96,7 +96,7 @@ def test_photos_inverted_and_edited_together_keep_their_own_early_stop(model):
 
 
 @pytest.mark.slow
-def test_batch_group_size_runs_groups_and_isolates_a_failing_task(tmp_path, tiny_model_dir, capsys):
+def test_batch_group_size_runs_groups_and_isolates_a_failing_task(tmp_path, small_model_dir, capsys):
     from suppresseot.cli import main
 
     manifest = tmp_path / "groups.json"
@@ -109,7 +109,7 @@ def test_batch_group_size_runs_groups_and_isolates_a_failing_task(tmp_path, tiny
          "image": "missing.png"},
     ]}))
     out = tmp_path / "out"
-    argv = ["batch", str(manifest), "--model", str(tiny_model_dir), "--out", str(out), "--device", "cpu",
+    argv = ["batch", str(manifest), "--model", str(small_model_dir), "--out", str(out), "--device", "cpu",
             "--steps", "2", "--iterations", "1", "--max-step-to-erase", "2", "--null-text-steps", "1",
             "--inversion", "npi", "--group-size", "2", "--no-progress"]
     assert main(argv) == 1

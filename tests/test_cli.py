@@ -97,12 +97,12 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def check_run_dir(path, photo_run):
+def check_run_dir(path, photo_run, latent_size=32):
     names = set(os.listdir(path))
     assert set(RUN_FILES) <= names, set(RUN_FILES) - names
     assert set(PHOTO_FILES) <= names if photo_run else not set(PHOTO_FILES) & names
     latents = np.load(path / "final_latents.npy")
-    assert latents.shape == (2, 4, 64, 64) and latents.dtype == np.float32 and np.isfinite(latents).all()
+    assert latents.shape == (2, 4, latent_size, latent_size) and latents.dtype == np.float32 and np.isfinite(latents).all()
     record = json.loads((path / "run.json").read_text())
     for png in ["original.png", "suppressed.png", "cross_attention.png", "self_attention.png"]:
         Image.open(path / png).verify()
@@ -110,10 +110,10 @@ def check_run_dir(path, photo_run):
 
 
 @pytest.mark.slow
-def test_generate_end_to_end(tmp_path, tiny_model_dir):
+def test_generate_end_to_end(tmp_path, small_model_dir):
     out = tmp_path / "runs"
     argv = ["generate", PROMPT, "--suppress-tokens", "4,5", "--suppress-words", "glasses", "--alpha", "1", "2",
-            "--seed", "7", "--model", str(tiny_model_dir), "--out", str(out), "--device", "cpu"] + FAST
+            "--seed", "7", "--model", str(small_model_dir), "--out", str(out), "--device", "cpu"] + FAST
     assert main(argv) == 0
     runs = sorted(out.iterdir())
     assert len(runs) == 4  # 2 token groups x 2 alphas, one directory each
@@ -141,10 +141,10 @@ def test_generate_end_to_end(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("inversion,null_text_rows", [("nt", 3), ("npi", 0)])
-def test_edit_end_to_end(tmp_path, tiny_model_dir, photo, inversion, null_text_rows):
+def test_edit_end_to_end(tmp_path, small_model_dir, photo, inversion, null_text_rows):
     out = tmp_path / "runs"
     argv = ["edit", str(photo), "--suppress-words", "glasses", "--inversion", inversion, "--null-text-steps", "1",
-            "--model", str(tiny_model_dir), "--out", str(out)] + FAST
+            "--model", str(small_model_dir), "--out", str(out)] + FAST
     assert main(argv) == 0
     (run,) = out.iterdir()
     record = check_run_dir(run, photo_run=True)
@@ -156,7 +156,7 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir, photo, inversion, null_text_r
     assert ("null_text" in record["seconds"]) == (inversion == "nt")
     # the inversion's stages keep their own names next to the edit's
     assert {"inversion_text_encoding", "vae_encode", "ddim_inversion", "text_encoding"} <= set(record["seconds"])
-    assert Image.open(run / "input.png").size == (512, 512)
+    assert Image.open(run / "input.png").size == (256, 256)  # the small model's size (SD v1: 512)
 
 
 @pytest.mark.slow
@@ -175,17 +175,17 @@ def test_python_api(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_fast_mode_keeps_algorithm_state_in_float32(tiny_model_dir):
+def test_fast_mode_keeps_algorithm_state_in_float32(small_model_dir):
     """--fast: bf16 weights and fused attention, but latents, embeddings and null-text state stay float32."""
     from suppresseot import SuppressEOT
 
-    fast = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", fast=True, progress=False)
+    fast = SuppressEOT.from_pretrained(small_model_dir, device="cpu", fast=True, progress=False)
     assert fast.backend.info()["dtype"] == "bfloat16" and fast.backend.info()["fused_attention"]
     short = dict(seed=3, steps=2, iterations=1, max_step_to_erase=2, tau=0.5)
     result = fast.generate(PROMPT, "glasses", **short)
     assert result.final_latents.dtype == np.float32 and np.isfinite(result.final_latents).all()
     assert result.cross_attention.shape == (2, 16, 16, 77)
-    exact = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", progress=False).generate(PROMPT, "glasses",
+    exact = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False).generate(PROMPT, "glasses",
                                                                                                  **short)
     diff = np.linalg.norm(result.final_latents - exact.final_latents) / np.linalg.norm(exact.final_latents)
     assert 0 < diff < 0.05  # bf16 rounding, not a different computation

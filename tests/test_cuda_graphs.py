@@ -53,12 +53,12 @@ def test_graphs_stay_off_on_the_cpu_and_default_to_on_on_a_gpu(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_every_step_is_a_pure_function_of_tensors_and_numbers(tiny_model_dir):
+def test_every_step_is_a_pure_function_of_tensors_and_numbers(small_model_dir):
     """What a CUDA graph needs: every changing value comes in as a tensor or number argument (no numpy, no
     None), and a second call on the same arguments gives the same outputs (no hidden state)."""
     from suppresseot import SuppressEOT
 
-    model = SuppressEOT.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
     compiled = []
 
     def checking_compile(fn):

@@ -314,8 +314,8 @@ def test_report_matches_backends_of_one_folder_and_computes_parity(tmp_path, tok
 
 
 @pytest.fixture(scope="module")
-def tiny_results(tmp_path_factory, tiny_model_dir):
-    """Real runs of the tiny SD model: A (faithful) generates and edits a photo, B (fused attention) generates."""
+def tiny_results(tmp_path_factory, small_model_dir):
+    """Real runs of the tiny SD model at 256 px: A (faithful) generates and edits a photo, B (fused attention) generates."""
     from suppresseot.api import SuppressEOT
     from suppresseot.config import InversionSettings
 
@@ -324,11 +324,11 @@ def tiny_results(tmp_path_factory, tiny_model_dir):
     y, x = np.mgrid[0:300, 0:400]
     Image.fromarray(np.stack([x * 255 // 400, y * 255 // 300, (x + y) % 256], -1).astype(np.uint8)).save(photo)
     fast = dict(steps=2, iterations=1, max_step_to_erase=2, tau=0.5)
-    a = SuppressEOT.from_pretrained(tiny_model_dir, progress=False)
+    a = SuppressEOT.from_pretrained(small_model_dir, progress=False)
     a.generate(VANGOGH, [4, 5, 6], seed=1, **fast).save(root / "A", name="vangogh-01--torch")
     a.edit(photo, "A car near trees", suppress="car", inversion=InversionSettings("nt", inner_steps=2),
            **fast).save(root / "A", name="examples-01--torch")
-    b = SuppressEOT.from_pretrained(tiny_model_dir, progress=False, fast=True)
+    b = SuppressEOT.from_pretrained(small_model_dir, progress=False, fast=True)
     b.generate(VANGOGH, [4, 5, 6], seed=1, **fast).save(root / "B", name="vangogh-01--torch")
     return root / "A", root / "B"
 

@@ -24,15 +24,15 @@ def relative(a, b):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dir):
+def models(small_model_dir):
     from suppresseot.api import SuppressEOT
     from suppresseot.errors import BackendUnavailable
 
     try:
-        jittor = SuppressEOT.from_pretrained(tiny_model_dir, backend="jittor", device="cpu", progress=False)
+        jittor = SuppressEOT.from_pretrained(small_model_dir, backend="jittor", device="cpu", progress=False)
     except BackendUnavailable as exc:
         pytest.skip(f"jittor cannot run here: {exc}")
-    return jittor, SuppressEOT.from_pretrained(tiny_model_dir, backend="torch", device="cpu", progress=False)
+    return jittor, SuppressEOT.from_pretrained(small_model_dir, backend="torch", device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +103,12 @@ def test_official_fixture_on_jittor(capsys):
     assert ito_rel < RTOL and final_rel < RTOL
 
 
-def test_cli_runs_without_torch(tmp_path, tiny_model_dir):
+def test_cli_runs_without_torch(tmp_path, small_model_dir):
     """`suppress-eot generate --backend jittor` with torch made unimportable (as in a torch-free venv)."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None\n"
             "from suppresseot.cli import main\n"
             f"sys.exit(main(['generate', 'a red car', '--suppress-words', 'car', '--backend', 'jittor', "
-            f"'--device', 'cpu', '--model', {str(tiny_model_dir)!r}, '--out', {str(tmp_path)!r}, '--steps', '2', "
+            f"'--device', 'cpu', '--model', {str(small_model_dir)!r}, '--out', {str(tmp_path)!r}, '--steps', '2', "
             f"'--iterations', '1', '--max-step-to-erase', '2', '--tau', '0.5', '--no-progress']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -117,10 +117,10 @@ def test_cli_runs_without_torch(tmp_path, tiny_model_dir):
     record = json.loads((run / "run.json").read_text())
     assert record["backend"]["backend"] == "jittor"
     assert record["backend"]["initial_noise"].startswith("numpy")  # no torch: the documented numpy generator
-    assert np.load(run / "final_latents.npy").shape == (2, 4, 64, 64)
+    assert np.load(run / "final_latents.npy").shape == (2, 4, 32, 32)  # the small model's 256 px
 
 
-def test_attention_recompute_is_opt_in_and_changes_no_value(models, tiny_model_dir):
+def test_attention_recompute_is_opt_in_and_changes_no_value(models, small_model_dir):
     """The explicit attention ops are the default (the recomputing layer raised the null-text peak on an
     H200, docs/jittor.md); opting in flags every attention layer and gives the same UNet gradient."""
     from suppresseot.backends.jittor.backend import JittorBackend
@@ -128,11 +128,11 @@ def test_attention_recompute_is_opt_in_and_changes_no_value(models, tiny_model_d
     default = models[0].backend
     assert default.info()["recompute_attention"] is False
     assert not any(m.recompute for m in default.unet_model.attention_modules())
-    recomputing = JittorBackend(tiny_model_dir, device="cpu", recompute_attention=True)
+    recomputing = JittorBackend(small_model_dir, device="cpu", recompute_attention=True)
     assert all(m.recompute for m in recomputing.unet_model.attention_modules())
 
     rng = np.random.default_rng(4)
-    latent = rng.standard_normal((1, 4, 64, 64)).astype(np.float32)
+    latent = rng.standard_normal((1, 4, 32, 32)).astype(np.float32)
     embedding = default.to_numpy(default.encode_text([49406] + [320] * 5 + [49407] * 71))
     grads = []
     for backend in (default, recomputing):

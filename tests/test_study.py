@@ -181,7 +181,7 @@ def run_dirs(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_batch_survives_a_kill_and_a_failing_task(tmp_path, tiny_model_dir, capsys):
+def test_batch_survives_a_kill_and_a_failing_task(tmp_path, small_model_dir, capsys):
     pytest.importorskip("diffusers")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "cat.png")
     manifest = tmp_path / "tiny.json"  # tau 1: SWR and ITO act at the single step
@@ -194,7 +194,7 @@ def test_batch_survives_a_kill_and_a_failing_task(tmp_path, tiny_model_dir, caps
          "tau": 1.0},
     ]}))
     out = tmp_path / "out"
-    argv = ["batch", str(manifest), "--model", str(tiny_model_dir), "--out", str(out)] + FAST
+    argv = ["batch", str(manifest), "--model", str(small_model_dir), "--out", str(out)] + FAST
 
     # 1. killed with SIGKILL while the second task runs
     with open(tmp_path / "stderr.txt", "w") as err:

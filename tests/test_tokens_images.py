@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from suppresseot.errors import SuppressEOTError
-from suppresseot.images import load_512, load_rgb
+from suppresseot.images import load_rgb, load_square
 from suppresseot.tokens import Tokenizer, find_phrase, resolve_groups, token_table, validate_group
 from conftest import TOKENIZER_DIR
 
@@ -75,7 +75,7 @@ def test_non_rgb_images_become_rgb(tmp_path, mode, suffix):
     make_image(path, mode)
     image = load_rgb(path)
     assert image.mode == "RGB"
-    crop = load_512(path)
+    crop = load_square(path)
     assert crop.shape == (512, 512, 3) and crop.dtype == np.uint8
     if mode == "RGBA":  # the official code keeps the colour channels, ignoring alpha
         assert tuple(np.asarray(image)[0, 0]) == (10, 20, 30)
@@ -87,7 +87,7 @@ def test_center_crop_keeps_the_middle_square(tmp_path):
     array = np.zeros((100, 300, 3), np.uint8)
     array[:, 100:200] = 255  # the middle third is white
     Image.fromarray(array).save(tmp_path / "wide.png")
-    crop = load_512(tmp_path / "wide.png")
+    crop = load_square(tmp_path / "wide.png")
     assert crop[:, 5:-5].min() > 200
 
 

@@ -19,7 +19,7 @@ from .algorithm.ddim import DDIMSchedule
 from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, SamplingSettings,
                      SuppressionSettings)
 from .errors import SuppressEOTError
-from .images import load_512
+from .images import center_crop, load_square
 from .tokens import TokenTable, Tokenizer, resolve_groups, token_table
 from .weights import DEFAULT_MODEL, resolve_model
 
@@ -60,9 +60,9 @@ class Inversion:
 
     prompt: str
     method: str
-    image: np.ndarray  # the 512x512 centre crop (uint8 RGB)
+    image: np.ndarray  # the centre crop at the model's image size, 512x512 for SD v1 (uint8 RGB)
     reconstruction: np.ndarray  # its VAE round trip
-    x_T: object  # backend tensor (1, 4, 64, 64)
+    x_T: object  # backend tensor (1, 4, 64, 64) for SD v1
     uncond_per_step: list  # backend tensors (1, 77, D)
     null_text_log: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
@@ -236,13 +236,11 @@ class SuppressEOT:
                 for b, (prompt, image, crop, reconstruction, log)
                 in enumerate(zip(prompts, images, crops, reconstructions, logs))]
 
-    @staticmethod
-    def _crop(image) -> np.ndarray:
+    def _crop(self, image) -> np.ndarray:
+        size = self.backend.image_size  # 512 for SD v1
         if isinstance(image, (str, os.PathLike)):
-            return load_512(image)
-        from .images import center_crop_512
-
-        return center_crop_512(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
+            return load_square(image, size)
+        return center_crop(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)), size)
 
     def edit(self, image, prompt: str | None = None, suppress=None, settings: SuppressionSettings | None = None,
              inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,

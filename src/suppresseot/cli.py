@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(gen, real=False)
 
     edit = sub.add_parser("edit", help="suppress words of a photo's caption in the photo",
-                          description="Invert IMAGE (centre-cropped to 512x512) and suppress what the prompt names.")
+                          description="Invert IMAGE (centre-cropped to the model's square size: 512x512 for "
+                                      "SD v1) and suppress what the prompt names.")
     edit.add_argument("image", help="path of a JPEG/PNG photo")
     edit.add_argument("--prompt", help="caption of the photo (default: the file name without extension)")
     edit.add_argument("--inversion", choices=["nt", "npi"], default="nt",

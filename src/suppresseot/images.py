@@ -36,8 +36,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     return image.convert("RGB")
 
 
-def center_crop_512(image: Image.Image) -> np.ndarray:
-    """Centre square crop, resized to 512x512 (Pillow's default bicubic), as the official ``load_512``."""
+def center_crop(image: Image.Image, size: int = SIZE) -> np.ndarray:
+    """Centre square crop, resized to size x size (Pillow's bicubic), as the official ``load_512`` at 512."""
     array = np.asarray(image)
     h, w = array.shape[:2]
     if h < w:
@@ -46,11 +46,12 @@ def center_crop_512(image: Image.Image) -> np.ndarray:
     elif w < h:
         offset = (h - w) // 2
         array = array[offset:offset + w]
-    return np.array(Image.fromarray(array).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    return np.array(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def load_512(path: str | os.PathLike) -> np.ndarray:
-    return center_crop_512(load_rgb(path))
+def load_square(path: str | os.PathLike, size: int = SIZE) -> np.ndarray:
+    """A photo file as the model's square input (see ``center_crop``)."""
+    return center_crop(load_rgb(path), size)
 
 
 def _map_image(values: np.ndarray, size: int) -> Image.Image:

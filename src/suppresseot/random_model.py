@@ -18,8 +18,12 @@ SIZES = {
 }
 
 
-def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", seed: int = 0):
-    """A StableDiffusionPipeline with random weights and the given CLIP tokenizer (vocab.json + merges.txt)."""
+def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", seed: int = 0,
+                          latent_size: int = 64):
+    """A StableDiffusionPipeline with random weights and the given CLIP tokenizer (vocab.json + merges.txt).
+
+    ``latent_size`` 32 gives 256 px samples whose 16x16 attention maps sit at the UNet's second level: the
+    same algorithm at a sixteenth of the 64x64 layers' attention cost (the slow tests' model)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -29,7 +33,7 @@ def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", 
     tokenizer = CLIPTokenizer(os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"),
                               model_max_length=77)
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4,
+        sample_size=latent_size, in_channels=4, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         block_out_channels=ch, layers_per_block=2, cross_attention_dim=hid,
@@ -37,7 +41,7 @@ def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=vch, layers_per_block=2,
-        latent_channels=4, sample_size=512, norm_num_groups=groups)
+        latent_channels=4, sample_size=latent_size * 8, norm_num_groups=groups)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=hid, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu"))
@@ -49,9 +53,9 @@ def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", 
 
 
 def save_random_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, size: str = "tiny",
-                      seed: int = 0) -> Path:
+                      seed: int = 0, latent_size: int = 64) -> Path:
     """Build a random pipeline and save it as a diffusers folder (safetensors); returns the folder."""
     out_dir = Path(out_dir)
-    pipe = build_random_pipeline(tokenizer_dir, size=size, seed=seed)
+    pipe = build_random_pipeline(tokenizer_dir, size=size, seed=seed, latent_size=latent_size)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -16,10 +16,28 @@ import numpy as np
 Tensor = Any  # torch.Tensor or jittor.Var
 
 
+def sample_sizes(unet_config: dict, vae_config: dict) -> tuple[int, int]:
+    """(latent side, image side) of the model's square samples, the sizes diffusers' pipelines default to:
+    the UNet's ``sample_size`` (SD v1: 64) and 2^(VAE blocks - 1) times that in pixels (512). The official
+    code fixes 64 and 512; reading them keeps SD v1 as it was and lets smaller test models run smaller."""
+    from ..errors import SuppressEOTError
+
+    latent = unet_config.get("sample_size", 64)
+    if isinstance(latent, (list, tuple)):
+        if len(set(latent)) != 1:
+            raise SuppressEOTError(f"the UNet's sample_size {list(latent)} is not square; SuppressEOT needs an "
+                                   "SD v1 model (square 64x64 latents)")
+        latent = latent[0]
+    blocks = len(vae_config.get("block_out_channels", (128, 256, 512, 512)))
+    return int(latent), int(latent) * 2 ** (blocks - 1)
+
+
 class Backend(Protocol):
     name: str  # "torch" or "jittor"
     device: str  # "cpu" or "cuda"
     dtype: str  # model dtype: "float32", "float16" or "bfloat16"
+    latent_size: int  # side of the square latents (SD v1: 64), see ``sample_sizes``
+    image_size: int  # side of the square images (SD v1: 512)
 
     # --- models -------------------------------------------------------------------------------
     def encode_text(self, ids: list[int]) -> Tensor:
@@ -35,7 +53,7 @@ class Backend(Protocol):
         """(B, H, W, 3) uint8 images, converted as the official code does (clamp, x255, truncate)."""
 
     def initial_latent(self, seed: int) -> Tensor:
-        """(1, 4, 64, 64) starting noise, drawn as the official code does for a seed."""
+        """(1, 4, latent_size, latent_size) starting noise, drawn as the official code does for a seed."""
 
     # --- tensors ------------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray) -> Tensor: ...

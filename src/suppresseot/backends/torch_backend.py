@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BackendUnavailable, SuppressEOTError
+from .base import sample_sizes
 
 try:
     import torch
@@ -26,7 +27,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "PyTorch is not installed: pip install 'suppresseot[torch]' (or pick --backend jittor)") from exc
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LATENT_SHAPE = (1, 4, 64, 64)
 
 
 class RecordingAttnProcessor:
@@ -231,6 +231,7 @@ class TorchBackend:
         # graphed bf16 one takes 16.5 instead of 20.5 ms on the H100, profile_fast.py). Same arithmetic.
         self.use_channels_last(on_gpu if channels_last is None else bool(channels_last))
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.latent_size, self.image_size = sample_sizes(dict(self.unet_model.config), dict(self.vae.config))
         # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
         self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
                                             for name in self.unet_model.attn_processors})
@@ -302,7 +303,7 @@ class TorchBackend:
 
     def initial_latent(self, seed: int):
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn(LATENT_SHAPE, generator=generator).to(self.device)
+        return torch.randn((1, 4, self.latent_size, self.latent_size), generator=generator).to(self.device)
 
     # --- tensors ------------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray):

@@ -12,19 +12,19 @@ import numpy as np
 
 from ...errors import SuppressEOTError
 from .env import import_jittor, jittor_info
-from .loading import load_sd_components
+from ..base import sample_sizes
+from .loading import load_sd_components, model_config
 
-LATENT_SHAPE = (1, 4, 64, 64)
 
-
-def initial_noise(seed: int) -> tuple[np.ndarray, str]:
+def initial_noise(seed: int, latent_size: int = 64) -> tuple[np.ndarray, str]:
     """The official starting latent for ``seed`` (torch's CPU generator) or, without torch, numpy's."""
+    shape = (1, 4, latent_size, latent_size)
     try:
         import torch
     except ImportError:
         rng = np.random.default_rng(seed)
-        return rng.standard_normal(LATENT_SHAPE).astype(np.float32), "numpy.random.default_rng(seed).standard_normal"
-    noise = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed))
+        return rng.standard_normal(shape).astype(np.float32), "numpy.random.default_rng(seed).standard_normal"
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     return noise.numpy(), "torch.randn(generator=torch.Generator().manual_seed(seed))"
 
 
@@ -44,6 +44,7 @@ class JittorBackend:
         self.noise_source = None
         self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
         self.scaling_factor = float(self.vae.scaling_factor)
+        self.latent_size, self.image_size = sample_sizes(model_config(model_dir, "unet"), model_config(model_dir, "vae"))
         self.recompute_attention = bool(recompute_attention)  # off: see layers.RecomputedAttention
         for module in self.unet_model.attention_modules():
             module.recompute = self.recompute_attention
@@ -75,7 +76,7 @@ class JittorBackend:
             return (image.float32().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
 
     def initial_latent(self, seed: int):
-        noise, self.noise_source = initial_noise(seed)
+        noise, self.noise_source = initial_noise(seed, self.latent_size)
         return self.from_numpy(noise)
 
     # --- tensors ------------------------------------------------------------------------------
