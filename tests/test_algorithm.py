@@ -194,3 +194,16 @@ def test_ito_window_follows_tau_and_max_step():
     assert s.first_step(50) == 10 and list(SuppressionSettings().ito_steps(50)) == list(range(10, 20))
     assert list(SuppressionSettings(iterations=0).ito_steps(50)) == []
     assert SuppressionSettings(tau=1.0).first_step(50) == 0
+
+
+def test_sample_sizes_come_from_the_model_configs():
+    """SD v1's 64x64 latents and 512 px images, read as diffusers' pipelines read them; non-square refused."""
+    from suppresseot.backends.base import sample_sizes
+    from suppresseot.errors import SuppressEOTError
+
+    sd_vae = {"block_out_channels": [128, 256, 512, 512]}
+    assert sample_sizes({"sample_size": 64}, sd_vae) == (64, 512)
+    assert sample_sizes({"sample_size": [32, 32]}, sd_vae) == (32, 256)
+    assert sample_sizes({"sample_size": 64}, {"block_out_channels": [64, 128]}) == (64, 128)
+    with pytest.raises(SuppressEOTError, match="not square"):
+        sample_sizes({"sample_size": [64, 48]}, sd_vae)
