@@ -97,12 +97,13 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def check_run_dir(path, photo_run, latent_size=32):
+def check_run_dir(path, photo_run):
     names = set(os.listdir(path))
     assert set(RUN_FILES) <= names, set(RUN_FILES) - names
     assert set(PHOTO_FILES) <= names if photo_run else not set(PHOTO_FILES) & names
     latents = np.load(path / "final_latents.npy")
-    assert latents.shape == (2, 4, latent_size, latent_size) and latents.dtype == np.float32 and np.isfinite(latents).all()
+    assert latents.shape == (2, 4, 32, 32)  # small_model_dir: 256 px
+    assert latents.dtype == np.float32 and np.isfinite(latents).all()
     record = json.loads((path / "run.json").read_text())
     for png in ["original.png", "suppressed.png", "cross_attention.png", "self_attention.png"]:
         Image.open(path / png).verify()

@@ -242,7 +242,8 @@ class TorchBackend:
         # compilation per batch shape and grad mode (minutes; inductor caches it on disk). Recorded calls stay
         # eager: the recorder is Python state that a compiled graph cannot hand maps to. Opt-in; True means
         # inductor, a string or callable is handed to torch.compile as its backend (tests trace without codegen).
-        self.compile_unet = compile_unet if callable(compile_unet) or isinstance(compile_unet, str) else bool(compile_unet)
+        named = callable(compile_unet) or isinstance(compile_unet, str)
+        self.compile_unet = compile_unet if named else bool(compile_unet)
         self._compiled_unet = None
         if self.compile_unet:
             import torch._dynamo.config as dynamo_config
