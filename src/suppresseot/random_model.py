@@ -41,7 +41,7 @@ def build_random_pipeline(tokenizer_dir: str | os.PathLike, size: str = "tiny", 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=vch, layers_per_block=2,
-        latent_channels=4, sample_size=latent_size * 8, norm_num_groups=groups)
+        latent_channels=4, sample_size=latent_size * 2 ** (len(vch) - 1), norm_num_groups=groups)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=hid, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu"))

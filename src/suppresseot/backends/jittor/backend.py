@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SuppressEOTError
 from ..base import sample_sizes
 from .env import import_jittor, jittor_info
-from .loading import load_sd_components, model_config
+from .loading import load_sd_components
 
 
 def initial_noise(seed: int, latent_size: int = 64) -> tuple[np.ndarray, str]:
@@ -44,8 +44,7 @@ class JittorBackend:
         self.noise_source = None
         self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
         self.scaling_factor = float(self.vae.scaling_factor)
-        self.latent_size, self.image_size = sample_sizes(model_config(model_dir, "unet"),
-                                                         model_config(model_dir, "vae"))
+        self.latent_size, self.image_size = sample_sizes(self.unet_model.config, self.vae.config)
         self.recompute_attention = bool(recompute_attention)  # off: see layers.RecomputedAttention
         for module in self.unet_model.attention_modules():
             module.recompute = self.recompute_attention

@@ -118,11 +118,6 @@ def _config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def model_config(model_dir, name: str) -> dict:
-    """The config.json of one component (``unet``, ``vae``, ...) of a diffusers folder."""
-    return _config(Path(model_dir) / name)
-
-
 def load_component(model_dir, name: str, dtype: str = "float32"):
     """Build and load one of ``text_encoder``, ``unet``, ``vae`` from a diffusers folder (eval mode)."""
     from .models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
