@@ -125,7 +125,7 @@ def main() -> None:
     def ito(e, latent, t):
         def loss(x):
             recorder = AttentionRecorder()
-            backend.unet(latent, t, x, recorder=recorder)
+            backend.record_attention(latent, t, x, recorder)  # as the pipeline's ITO: up to the 16x16 maps
             cross = recorder.aggregate(True, ALL_PLACES).double()
             self_ = recorder.aggregate(False, ALL_PLACES).double()
             return (cross ** 2).sum() + (self_ ** 2).sum(), None

@@ -1,4 +1,6 @@
 """PyTorch backend specifics that the parity tests do not isolate."""
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -163,7 +165,10 @@ def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
     recorder = AttentionRecorder()
     with torch.no_grad():
         compiled.unet(latent, 301, embedding, recorder=recorder)
+        compiled.record_attention(latent, 301, embedding, AttentionRecorder())
     assert len(graphs) == 2 and recorder.aggregate(True, ALL_PLACES).shape[-1] == 77
+    _output_loss_and_gradient(compiled, latent, embedding, 261)  # map-only passes in between: no recompile
+    assert len(graphs) == 2
 
     parse = build_parser().parse_args
     assert parse(["generate", "a cat", "--suppress-words", "cat"]).compile is False
@@ -173,3 +178,72 @@ def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
         load_backend("jittor", tiny_model_dir, "cpu", compile_unet=True)
     with pytest.raises(TypeError, match="unknown backend option"):
         load_backend("torch", tiny_model_dir, "cpu", compile_graphs=True)
+
+
+def test_record_attention_stops_after_the_maps_with_the_same_maps_and_gradient(small_model_dir):
+    """Map-only passes (ITO and its reference) end after the last block at the maps' resolution: the
+    blocks after it never run, and the maps and their gradient are those of the whole pass."""
+    from suppresseot.algorithm.attention import AttentionRecorder
+    from suppresseot.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(small_model_dir, device="cpu")
+    calls = {"last_up_block": 0, "conv_out": 0}
+
+    def count(name):
+        return lambda *args: calls.__setitem__(name, calls[name] + 1)
+
+    backend.unet_model.up_blocks[-1].register_forward_hook(count("last_up_block"))
+    backend.unet_model.conv_out.register_forward_hook(count("conv_out"))
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, backend.latent_size, backend.latent_size)
+    embedding = torch.randn(1, 77, backend.text_encoder.config.hidden_size)
+
+    def maps_loss(run):
+        def loss(x):
+            recorder = AttentionRecorder()
+            run(latent, 501, x, recorder)
+            cross, self_ = recorder.aggregate(True), recorder.aggregate(False)
+            return cross.square().sum() + self_.square().sum(), {"cross": cross, "self": self_}
+        return backend.value_and_grad(loss, embedding)
+
+    whole = maps_loss(lambda *args: backend.unet(*args[:3], recorder=args[3]))
+    assert calls == {"last_up_block": 1, "conv_out": 1}
+    cut = maps_loss(backend.record_attention)
+    assert calls == {"last_up_block": 1, "conv_out": 1}, "record_attention ran the blocks after the maps"
+    (value, aux, grad), (value_cut, aux_cut, grad_cut) = whole, cut
+    assert aux["cross"].shape == (16, 16, 77) and aux["self"].shape == (16, 16, 256)
+    assert torch.equal(aux_cut["cross"], aux["cross"]) and torch.equal(aux_cut["self"], aux["self"])
+    assert torch.equal(value_cut, value) and torch.equal(grad_cut, grad) and grad.abs().sum() > 0
+    # a normal pass runs to the end again
+    backend.unet(latent, 501, embedding)
+    assert calls == {"last_up_block": 2, "conv_out": 2}
+
+
+def test_null_text_queues_the_next_iteration_but_a_stop_discards_it(small_model_dir):
+    """The next null-text iteration is queued before the early-stop read (where the previous step ran that
+    far): when the loss stops the step, the queued update is dropped, so the embeddings are those of a run
+    that never queued it."""
+    from suppresseot import SuppressEOT
+    from suppresseot.config import InversionSettings
+
+    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
+    photo = Path(__file__).parents[1] / "src/suppresseot/data/study/examples/A car near trees.jpg"
+    calls = []
+    unet = model.backend.unet
+    model.backend.unet = lambda *args, **kwargs: calls.append(torch.is_grad_enabled()) or unet(*args, **kwargs)
+
+    def invert(inner_steps):
+        calls.clear()
+        settings = InversionSettings(method="nt", inner_steps=inner_steps, early_stop_epsilon=1e9)  # stop at once
+        return model.invert(photo, "A car near trees", settings, steps=3)
+
+    queued = invert(3)
+    gradient_passes = sum(calls)
+    single = invert(1)
+    assert [(r["step"], r["iteration"]) for r in queued.null_text_log] == [(0, 0), (1, 0), (2, 0)]
+    assert [(r["step"], r["iteration"]) for r in single.null_text_log] == [(0, 0), (1, 0), (2, 0)]
+    # step 0 queued iteration 1 (no earlier step stopped) and dropped it; steps 1 and 2 expected the stop
+    assert gradient_passes == 3 + 1 and sum(calls) == 3
+    for a, b in zip(queued.uncond_per_step, single.uncond_per_step):
+        assert torch.equal(a, b)
+    assert [r["loss"] for r in queued.null_text_log] == [r["loss"] for r in single.null_text_log]

@@ -110,6 +110,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     n = schedule.num_steps
     current = latents[-1]
     per_step = []
+    iterations_last_step = settings.inner_steps
     bar = tqdm(total=n * settings.inner_steps, desc="Null-text optimization", disable=not progress, leave=False)
     for i, t in enumerate(schedule.timesteps):
         target = latents[n - 1 - i]
@@ -119,16 +120,27 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         m, v = uncond * 0.0, uncond * 0.0
         lr = settings.learning_rate * (1.0 - i / 100.0)
         threshold = settings.early_stop_epsilon + i * 2e-5
+
+        def launch(j, uncond, m, v):
+            return optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, *adam_scalars(j + 1, lr))
+
         active = [True] * k
+        pending = launch(0, uncond, m, v)
+        started = time.perf_counter()
         for j in range(settings.inner_steps):
-            started = time.perf_counter()
-            updated, m, v, loss = optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients,
-                                                    *adam_scalars(j + 1, lr))
-            values = [float(x) for x in backend.to_numpy(loss).reshape(-1)]  # one host read for all photos
-            seconds = time.perf_counter() - started
+            updated, m, v, loss = pending
             # a photo that stopped keeps its embedding (the batch still computes it; its update is dropped)
             uncond = updated if all(active) else backend.cat(
                 [updated[b:b + 1] if active[b] else uncond[b:b + 1] for b in range(k)])
+            loss_on_host = backend.read_later(loss)
+            # The next iteration's input does not depend on this loss, so it is queued before the early-stop
+            # read: the device never waits for the host. Where the previous step stopped by now, this one
+            # probably will too, and the read comes first (a stop discards a queued iteration: time, not values).
+            pending = None
+            if j + 1 < min(settings.inner_steps, iterations_last_step):
+                pending = launch(j + 1, uncond, m, v)
+            values = [float(x) for x in loss_on_host().reshape(-1)]  # one host read for all photos
+            seconds, started = time.perf_counter() - started, time.perf_counter()
             for b in range(k):
                 if active[b]:
                     logs[b].append({"step": i, "timestep": t, "iteration": j, "loss": values[b], "seconds": seconds})
@@ -137,6 +149,9 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
             if not any(active):
                 bar.update(settings.inner_steps - j - 1)
                 break
+            if pending is None and j + 1 < settings.inner_steps:
+                pending = launch(j + 1, uncond, m, v)
+        iterations_last_step = j + 1
         bar.set_postfix(loss=f"{max(values):.3g}")
         per_step.append(uncond)
         with backend.no_grad():
@@ -190,13 +205,13 @@ class InferenceTimeOptimization:
 
         def reference_maps(latent_original, t, text):
             recorder = AttentionRecorder()
-            backend.unet(latent_original, t, text, recorder=recorder)
+            backend.record_attention(latent_original, t, text, recorder)
             return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES, tasks)
 
         def optimization_step(edited, latent_edited, t, cross_reference, self_reference, weights, factor):
             def loss_of(embedding):
                 recorder = AttentionRecorder()
-                backend.unet(latent_edited, t, embedding, recorder=recorder)
+                backend.record_attention(latent_edited, t, embedding, recorder)
                 cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES, tasks)
                 totals, parts = zip(*(attention_loss(cross_reference[b], cross[b], self_reference[b], self_[b],
                                                      weights[b], lambdas) for b in range(tasks)))
@@ -267,19 +282,24 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
 
     denoising_step = backend.compile_step(denoising_step)
     latents = backend.cat([start_latent, start_latent])
+    # SWR of the prompt's embedding: the official code redoes it at every step from step ``first`` on (ITO
+    # edits do not carry over); it depends on nothing that changes, so it is done once, uploaded once
+    swr, swr_regularized, swr_embedding = [], [False] * tasks, None
+    if first < schedule.num_steps:
+        swr = [soft_weight_regularize(text_np[b:b + 1], token_indices[b], n_tokens[b], settings.alpha,
+                                      settings.method) for b in range(tasks)]
+        swr_regularized = [not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
+        swr_embedding = backend.from_numpy(np.concatenate(swr))
     edited, regularized = text, [False] * tasks
     outs = [SuppressionOutput(final_latents=None, first_swr_embedding=None) for _ in range(tasks)]
     map_sums = None
     bar = tqdm(schedule.timesteps, desc="SuppressEOT" if tasks == 1 else f"SuppressEOT ({tasks} tasks)",
                disable=not progress, leave=False)
     for i, t in enumerate(bar):
-        if i >= first:  # SWR from the prompt's embedding at every step: ITO edits do not carry over
-            swr = [soft_weight_regularize(text_np[b:b + 1], token_indices[b], n_tokens[b], settings.alpha,
-                                          settings.method) for b in range(tasks)]
-            regularized = [not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
-            edited = backend.from_numpy(np.concatenate(swr))
-            for out, e in zip(outs, swr):
-                if out.first_swr_embedding is None:
+        if i >= first:  # from the SWR embedding at every step: ITO edits do not carry over
+            edited, regularized = swr_embedding, swr_regularized
+            if i == first:
+                for out, e in zip(outs, swr):
                     out.first_swr_embedding = e
         if i in ito_steps and any(regularized):
             logs = [out.ito_log if r else [] for out, r in zip(outs, regularized)]  # as the official: no ITO

@@ -46,6 +46,10 @@ class Backend(Protocol):
     def unet(self, latents: Tensor, t: int, context: Tensor, recorder=None) -> Tensor:
         """Noise prediction; ``recorder(probs, is_cross, place)`` receives every layer's attention."""
 
+    def record_attention(self, latents: Tensor, t: int, context: Tensor, recorder) -> None:
+        """``unet(..., recorder)`` for the maps alone: stops after the last block holding attention at
+        ``recorder.resolution`` (the later blocks cannot change the maps or their gradients)."""
+
     def vae_encode(self, image: np.ndarray) -> Tensor:
         """(1, 4, h/8, w/8) latent (distribution mean times the scaling factor) of an RGB uint8 image."""
 
@@ -59,6 +63,10 @@ class Backend(Protocol):
     def from_numpy(self, array: np.ndarray) -> Tensor: ...
 
     def to_numpy(self, tensor: Tensor) -> np.ndarray: ...
+
+    def read_later(self, tensor: Tensor) -> Callable[[], np.ndarray]:
+        """Start copying ``tensor`` to the host; the returned function waits for that copy and returns it.
+        Work queued in between runs on while the host waits (the PyTorch backend on a GPU)."""
 
     def to_float64(self, tensor: Tensor) -> Tensor: ...
 

@@ -146,6 +146,10 @@ class HostResident:
                 tensor.data = host
 
 
+class _MapsRecorded(Exception):
+    """Ends a UNet pass early once every map its recorder keeps exists (see ``record_attention``)."""
+
+
 def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,6 +239,9 @@ class TorchBackend:
         # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
         self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
                                             for name in self.unet_model.attn_processors})
+        self._maps_side = None
+        for block in self.unet_model.up_blocks:
+            block.register_forward_hook(self._end_after_maps)
         # torch.compile (inductor) for the UNet calls that record no maps: null-text iterations, inversion
         # steps, unconditional passes, i.e. most of a real photo's work. It fuses the normalizations, layout
         # copies and pointwise ops around the GEMMs and convolutions into fewer kernels (a bf16 null-text
@@ -287,6 +294,25 @@ class TorchBackend:
         finally:
             self.recorder = None
 
+    def record_attention(self, latents, t: int, context, recorder) -> None:
+        """The UNet pass up to the last block that holds attention at the recorder's resolution: the later
+        blocks (SD v1: the 32x32 and 64x64 up blocks, the output convolution; about half a forward) cannot
+        change the maps, so passes that only compare maps (ITO, its reference) skip them. What runs is the
+        same computation as in ``unet``, so the maps and their gradients are the same."""
+        self._maps_side = recorder.resolution
+        try:
+            self.unet(latents, t, context, recorder=recorder)
+        except _MapsRecorded:
+            pass
+        finally:
+            self._maps_side = None
+
+    def _end_after_maps(self, block, args, output):
+        """Forward hook of the up blocks (registered once: adding and removing hooks per call would change
+        the modules that torch.compile guards on). Up blocks only grow the maps' side."""
+        if self._maps_side is not None and output.shape[-2] * output.shape[-1] > self._maps_side ** 2:
+            raise _MapsRecorded
+
     def vae_encode(self, image: np.ndarray):
         with torch.no_grad(), self._on_device(self.vae) as vae:
             x = torch.from_numpy(image).float() / 127.5 - 1
@@ -316,6 +342,22 @@ class TorchBackend:
         if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
             tensor = tensor.float()
         return tensor.cpu().numpy()
+
+    def read_later(self, tensor):
+        if not self.device.startswith("cuda"):
+            return lambda: self.to_numpy(tensor)
+        # copy into page-locked memory behind the work queued so far and return at once; the caller may queue
+        # more work before it waits for this copy alone (an event), not for everything queued after it
+        host = torch.empty(tensor.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(tensor.detach(), non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def wait() -> np.ndarray:
+            copied.synchronize()
+            return host.numpy()
+
+        return wait
 
     def to_float64(self, tensor):
         return tensor.to(torch.float64)

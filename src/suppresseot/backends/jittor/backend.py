@@ -63,6 +63,15 @@ class JittorBackend:
         finally:
             self.unet_model.set_attention_recorder(None)
 
+    def record_attention(self, latents, t: int, context, recorder) -> None:
+        """The UNet pass only as far as the recorder's maps need (see the PyTorch backend's)."""
+        self.jt.sync([latents, context])
+        self.unet_model.set_attention_recorder(recorder)
+        try:
+            self.unet_model(latents, int(t), context, stop_past_side=recorder.resolution)
+        finally:
+            self.unet_model.set_attention_recorder(None)
+
     def vae_encode(self, image: np.ndarray):
         x = image.astype(np.float32) / 127.5 - 1
         x = self.jt.array(x.transpose(2, 0, 1)[None]).cast(self.dtype)
@@ -87,6 +96,9 @@ class JittorBackend:
 
     def to_numpy(self, tensor) -> np.ndarray:
         return tensor.numpy()
+
+    def read_later(self, tensor):
+        return tensor.numpy  # the values exist once computed (value_and_grad syncs them): nothing to overlap
 
     def to_float64(self, tensor):
         return tensor.float64()

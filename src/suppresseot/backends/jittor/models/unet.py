@@ -274,7 +274,9 @@ class UNet2DConditionModel(nn.Module):
             t = jt.array(np.asarray(timestep, dtype=np.float32).reshape(-1))
         return t.broadcast((batch,)) if t.shape[0] == 1 and batch != 1 else t
 
-    def execute(self, sample, timestep, encoder_hidden_states):
+    def execute(self, sample, timestep, encoder_hidden_states, stop_past_side=None):
+        """Noise prediction; with ``stop_past_side`` the pass ends (returning None) after the first up block
+        whose output is larger than that side: the attention maps up to there are all it is run for."""
         t = self._timesteps(timestep, sample.shape[0])
         t_emb = timestep_embedding(t, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift)
         temb = self.time_embedding(t_emb.cast(sample.dtype))
@@ -288,4 +290,6 @@ class UNet2DConditionModel(nn.Module):
         x = self.mid_block(x, temb, context)
         for block in self.up_blocks:
             x = block(x, skips, temb, context)
+            if stop_past_side is not None and x.shape[2] * x.shape[3] > stop_past_side ** 2:
+                return None
         return self.conv_out(silu(self.conv_norm_out(x)))
