@@ -76,10 +76,10 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # --jittor-memory; about as long again as the timed Jittor runs); BENCH_BACKENDS=torch leaves Jittor out.
 STEPS=" ${STEPS:-study bench profile} "
 if [[ $STEPS == *" study "* ]]; then
-say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-8}"
+say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-16}"
 PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
 PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
-  --model "$MODEL" --fast --group-size "${GROUP:-8}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
+  --model "$MODEL" --fast --group-size "${GROUP:-16}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
   > "$W/study.log" 2>&1
 say "study batch: rc $? ($(tail -1 "$W/study.log"))"
 fi
