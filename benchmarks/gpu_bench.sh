@@ -15,7 +15,7 @@
 # Jittor pins numpy < 2 while the image's torch side has numpy 2, so Jittor runs in bench.py's child
 # process (--jittor-python) with numpy 1.26 first on its path. Its CUDA-13 patches come from
 # `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
-# neither cost lands in a timed stage. The study manifest runs with --fast --group-size 8 (first, see
+# neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (first, see
 # below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
 # and benchmarks/profile_jittor.py shows where Jittor's time goes.
 # Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
