@@ -348,7 +348,8 @@ class TorchBackend:
             return lambda: self.to_numpy(tensor)
         # copy into page-locked memory behind the work queued so far and return at once; the caller may queue
         # more work before it waits for this copy alone (an event), not for everything queued after it
-        host = torch.empty(tensor.shape, dtype=torch.float32, pin_memory=True)
+        dtype = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype  # as to_numpy
+        host = torch.empty(tensor.shape, dtype=dtype, pin_memory=True)
         host.copy_(tensor.detach(), non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
