@@ -5,11 +5,11 @@ unconditional embedding, batch 1), an ITO iteration (the same through the record
 denoising step (two batch-2 forwards, one recorded). For each: median wall milliseconds eager and as a
 CUDA-graph replay, the sum of its kernels' GPU time, and the UNet output's difference from the default,
 for the faithful backend's defaults and without fused attention and/or NHWC convolutions (the official
-code's arithmetic and layout) and, with --compile, a torch.compile'd UNet; then one torch.profiler pass
-per step with the defaults, its kernels summed by kind (convolution, matmul, softmax, normalization,
-elementwise, copies) and the top kernels. Usage:
+code's arithmetic and layout), with --cudnn-benchmark cuDNN's autotuner on, and with --compile a
+torch.compile'd UNet; then one torch.profiler pass per step with the defaults, its kernels summed by kind
+(convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
 
-    python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--out DIR]
+    python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--cudnn-benchmark] [--out DIR]
 """
 from __future__ import annotations
 
@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--fast", action="store_true", help="profile fast mode (bf16) instead of faithful")
     p.add_argument("--compile", action="store_true",
                    help="also time the steps with the UNet under torch.compile (inductor), eager and graphed")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="also time the steps with cuDNN's autotuner (torch.backends.cudnn.benchmark) on: it may "
+                        "pick other convolution kernels than the heuristics (other rounding too)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -147,6 +150,8 @@ def main() -> None:
                 ("explicit + NCHW (official layout)", {"fused_attention": False, "_channels_last": False})]
     if args.fast:
         variants = variants[:1]
+    if args.cudnn_benchmark:
+        variants.append(("cudnn.benchmark", {"_cudnn_benchmark": True}))
     if args.compile:
         variants.append(("torch.compile", {"_compile": True}))
     defaults = {"fused_attention": backend.fused_attention, "_channels_last": backend.channels_last}
@@ -158,6 +163,7 @@ def main() -> None:
         if backend.channels_last != merged["_channels_last"]:
             backend.use_channels_last(merged["_channels_last"])
         row = {"variant": label}
+        torch.backends.cudnn.benchmark = bool(settings.get("_cudnn_benchmark"))
         if settings.get("_compile"):  # the backend's --compile: unrecorded UNet calls only
             started = time.perf_counter()
             backend._compiled_unet = torch.compile(backend.unet_model, dynamic=False)
@@ -181,6 +187,7 @@ def main() -> None:
     backend.fused_attention = defaults["fused_attention"]
     backend.use_channels_last(defaults["_channels_last"])
     backend._compiled_unet = None
+    torch.backends.cudnn.benchmark = False
     tables = [kernel_table(lambda: fn(*inputs), name) for name, (fn, inputs) in steps.items()]
 
     what = ("eager_ms", "graph_ms", "kernel_ms", "peak_gib")
