@@ -161,8 +161,9 @@ def test_edit_end_to_end(tmp_path, small_model_dir, photo, inversion, null_text_
 
 
 @pytest.mark.slow
-def test_python_api(tiny_model_dir):
+def test_python_api(tiny_model_dir, tmp_path):
     from suppresseot import SuppressEOT
+    from suppresseot.errors import SuppressEOTError
 
     model = SuppressEOT.from_pretrained(tiny_model_dir, progress=False)
     result = model.generate(PROMPT, "glasses", seed=3, steps=2, iterations=1, max_step_to_erase=2, tau=0.5)
@@ -170,9 +171,15 @@ def test_python_api(tiny_model_dir):
     assert result.cross_attention.shape == (2, 16, 16, 77) and result.self_attention.shape == (2, 16, 16, 256)
     assert len(result.ito_log) == 1 and result.ito_log[0]["step"] == 1
     # ITO moves the suppressed branch only: the original branch equals a run without any suppression
-    plain = model.generate(PROMPT, "glasses", seed=3, steps=2, iterations=0, tau=0.0, alpha=0.0, method="weight")
+    plain = model.generate(PROMPT, "glasses", seed=3, steps=2, iterations=0, tau=0.0, alpha=0.0, method="weight",
+                           decode=False)
     np.testing.assert_allclose(result.final_latents[0], plain.final_latents[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(result.final_latents[1], result.final_latents[0])
+    # decode=False: latents only, and no run directory from them
+    assert plain.original is None and plain.suppressed is None and "vae_decode" in result.seconds
+    assert "vae_decode" not in plain.seconds
+    with pytest.raises(SuppressEOTError, match="latents only .*decode=True"):
+        plain.save(tmp_path)
 
 
 @pytest.mark.slow

@@ -93,8 +93,10 @@ def test_official_fixture_on_jittor(capsys):
     expected = json.loads((fixture / "expected.json").read_text())["gen"]
     model = SuppressEOT.from_pretrained(fixture / "tiny-sd", backend="jittor", device="cpu", progress=False)
     s = expected["settings"]
-    result = model.generate(s["prompt"], s["token_indices"][0], seed=s["seed"], steps=10, tau=0.8,
+    # decode=False: the latents are what is compared (jittor's CPU convolutions spend a minute on the decode)
+    result = model.generate(s["prompt"], s["token_indices"][0], seed=s["seed"], steps=10, tau=0.8, decode=False,
                             iterations=s["iter_each_step"], max_step_to_erase=s["max_step_to_erase"])
+    assert result.original is None and result.suppressed is None and "vae_decode" not in result.seconds
     ito = np.array([r["total"] for r in result.ito_log])
     ito_rel = float(np.max(np.abs(ito - expected["ito_losses"]) / np.abs(expected["ito_losses"])))
     final_rel = relative(result.final_latents, np.load(fixture / "gen" / "final_latents.npy"))

@@ -80,8 +80,8 @@ class SuppressionResult:
     prompt: str
     token_indices: list[int]
     tokens: TokenTable
-    original: Image.Image
-    suppressed: Image.Image
+    original: Image.Image | None  # None where the edit ran with decode=False (latents only)
+    suppressed: Image.Image | None
     final_latents: np.ndarray  # (2, 4, 64, 64) float32
     settings: SuppressionSettings
     sampling: SamplingSettings
@@ -101,6 +101,10 @@ class SuppressionResult:
     def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
         """Write the run directory (see README); ``extra`` adds keys to its run.json."""
         from .runs import save_run
+
+        if self.original is None or self.suppressed is None:
+            raise SuppressEOTError("this result holds latents only (decode=False): a run directory needs the "
+                                   "images; run again with decode=True (the default)")
 
         return save_run(self, out_dir, name, extra)
 
@@ -244,14 +248,17 @@ class SuppressEOT:
 
     def edit(self, image, prompt: str | None = None, suppress=None, settings: SuppressionSettings | None = None,
              inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,
-             **overrides) -> SuppressionResult:
-        """Suppress ``suppress`` in a photo; ``image`` may also be an ``Inversion`` from ``invert``."""
+             decode: bool = True, **overrides) -> SuppressionResult:
+        """Suppress ``suppress`` in a photo; ``image`` may also be an ``Inversion`` from ``invert``.
+        ``decode=False`` skips the VAE decode of the result (``original``/``suppressed`` stay None): for
+        work on the final latents alone, like diffusers' ``output_type="latent"``."""
         return self.edit_many([image], None if prompt is None else [prompt], [suppress], settings, inversion,
-                              steps, guidance_scale, **overrides)[0]
+                              steps, guidance_scale, decode, **overrides)[0]
 
     def edit_many(self, images: list, prompts: list[str] | None, suppress: list,
                   settings: SuppressionSettings | None = None, inversion: InversionSettings | str = "nt",
-                  steps: int = 50, guidance_scale: float = 7.5, **overrides) -> list[SuppressionResult]:
+                  steps: int = 50, guidance_scale: float = 7.5, decode: bool = True,
+                  **overrides) -> list[SuppressionResult]:
         """``edit`` for several photos (or ``Inversion``s) with shared settings, their UNet passes batched."""
         if all(isinstance(image, Inversion) for image in images):
             inverted = list(images)
@@ -272,7 +279,8 @@ class SuppressEOT:
         step_scale = settings.step_scale if settings.step_scale is not None else REAL_STEP_SCALE
         results = self._suppress_many("real", [inv.prompt for inv in inverted], suppress, settings,
                                       SamplingSettings(steps, guidance_scale), step_scale,
-                                      [inv.x_T for inv in inverted], [inv.uncond_per_step for inv in inverted])
+                                      [inv.x_T for inv in inverted], [inv.uncond_per_step for inv in inverted],
+                                      decode)
         for result, inv in zip(results, inverted):
             result.inversion = inv
             result.seconds = {**inv.seconds, **result.seconds}
@@ -281,13 +289,15 @@ class SuppressEOT:
 
     # --- generated images ---------------------------------------------------------------------
     def generate(self, prompt: str, suppress, seed: int = 2, settings: SuppressionSettings | None = None,
-                 steps: int = 50, guidance_scale: float = 7.5, **overrides) -> SuppressionResult:
-        """Generate from ``prompt`` with seed ``seed`` and suppress ``suppress`` (the official initial noise)."""
-        return self.generate_many([prompt], [suppress], [seed], settings, steps, guidance_scale, **overrides)[0]
+                 steps: int = 50, guidance_scale: float = 7.5, decode: bool = True, **overrides) -> SuppressionResult:
+        """Generate from ``prompt`` with seed ``seed`` and suppress ``suppress`` (the official initial noise);
+        ``decode=False``: latents only, as in ``edit``."""
+        return self.generate_many([prompt], [suppress], [seed], settings, steps, guidance_scale, decode,
+                                  **overrides)[0]
 
     def generate_many(self, prompts: list[str], suppress: list, seeds: list[int],
                       settings: SuppressionSettings | None = None, steps: int = 50, guidance_scale: float = 7.5,
-                      **overrides) -> list[SuppressionResult]:
+                      decode: bool = True, **overrides) -> list[SuppressionResult]:
         """``generate`` for several prompts (each with its own tokens and seed, shared settings), their UNet
         passes batched; each result equals ``generate``'s within the rounding of batched kernels."""
         if not (len(prompts) == len(suppress) == len(seeds)) or not prompts:
@@ -301,14 +311,14 @@ class SuppressEOT:
         with self.backend.no_grad():
             uncond = self._embed("")
         results = self._suppress_many("generated", prompts, suppress, settings, sampling, step_scale, starts,
-                                      [[uncond] * sampling.num_steps] * len(prompts))
+                                      [[uncond] * sampling.num_steps] * len(prompts), decode)
         for result, seed in zip(results, seeds):
             result.seed = int(seed)
         return results
 
     # --- shared -------------------------------------------------------------------------------
     def _suppress_many(self, kind, prompts, suppress, settings, sampling, step_scale, starts,
-                       uncond_per_step) -> list[SuppressionResult]:
+                       uncond_per_step, decode: bool = True) -> list[SuppressionResult]:
         """SWR + ITO sampling of K tasks together; ``starts`` and ``uncond_per_step`` hold one entry per task."""
         sampling.validate()
         if len(suppress) != len(prompts):
@@ -327,12 +337,14 @@ class SuppressEOT:
             outs = pipeline.suppress_many(backend, schedule, start, text, text_np, uncond,
                                           [table.n for table, _ in groups], [group for _, group in groups],
                                           settings, sampling, step_scale, progress=self.progress)
-        with timer("vae_decode"):
-            images = [backend.vae_decode(out.final_latents) for out in outs]
+        images = [(None, None)] * k
+        if decode:
+            with timer("vae_decode"):
+                images = [[Image.fromarray(image) for image in backend.vae_decode(out.final_latents)] for out in outs]
         info = backend.info()
         return [SuppressionResult(
             kind=kind, prompt=prompt, token_indices=group, tokens=table,
-            original=Image.fromarray(pair[0]), suppressed=Image.fromarray(pair[1]),
+            original=pair[0], suppressed=pair[1],
             final_latents=backend.to_numpy(out.final_latents).astype(np.float32), settings=settings,
             sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
             self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
