@@ -9,6 +9,7 @@ from torch.utils import _pytree as pytree
 
 from suppresseot.algorithm.ddim import DDIMSchedule, divide_by_scalar
 from suppresseot.algorithm.pipeline import adam_scalars
+from suppresseot.backends.cuda_graphs import step_key
 from suppresseot.config import InversionSettings
 
 pytest.importorskip("diffusers")
@@ -79,13 +80,77 @@ def test_every_step_is_a_pure_function_of_tensors_and_numbers(small_model_dir):
 
         return call
 
-    model.backend.compile_step = checking_compile
+    keys = []
+
+    def keyed(fn):  # and the graph cache can keep each step for the next image (see the next test)
+        keys.append((fn.__name__, step_key(fn, same=(model.backend,))))
+        assert keys[-1][1] is not None, fn.__name__
+        return checking_compile(fn)
+
+    model.backend.compile_step = keyed
     generated = model.generate(PROMPT, "glasses", seed=3, **SHORT)
     edited = model.edit(PHOTO, PROMPT, "glasses", inversion=NULL_TEXT, **SHORT)
     assert sorted(set(compiled)) == ["conditional_noise", "denoising_step", "inversion_step", "optimization_step",
                                      "reference_maps"]
     assert len(generated.ito_log) == 4 and len(edited.ito_log) == 4
     assert edited.inversion.null_text_log and np.isfinite(edited.final_latents).all()
+    assert len({key for _, key in keys}) == 7  # all seven steps are told apart
+    first = len(keys)
+    model.generate("A dog", "dog", seed=5, **SHORT)  # another image, same settings: the same three keys
+    assert [key for _, key in keys[first:]] == [key for _, key in keys[:3]]
+    model.generate(PROMPT, "glasses", seed=3, guidance_scale=5.0, **SHORT)  # the denoising step bakes it in
+    assert [key for _, key in keys[first + 3:]] != [key for _, key in keys[:3]]
+
+
+def test_step_key_tells_closures_apart_by_what_they_capture():
+    from suppresseot.backends.cuda_graphs import step_key
+
+    backend = object()
+
+    def make(scale, schedule, tensor=None):
+        def step(x):
+            return schedule.move(x, x * scale, (1.0,) * 5) if tensor is None else x + tensor
+        return step
+
+    schedule = DDIMSchedule.create(10)
+    assert step_key(make(7.5, schedule)) == step_key(make(7.5, DDIMSchedule.create(10)))
+    assert step_key(make(7.5, schedule)) != step_key(make(5.0, schedule))
+    assert step_key(make(7.5, schedule)) != step_key(make(7.5, DDIMSchedule.create(20)))
+    assert step_key(make(7.5, schedule, torch.zeros(1))) is None  # a captured tensor: the graph would bake it in
+    assert step_key(lambda x: x * 2) != step_key(lambda x: x * 3)  # different code
+    uses = lambda b: (lambda x: b)  # noqa: E731
+    assert step_key(uses(backend), same=(backend,)) == step_key(uses(backend), same=(backend,))
+    assert step_key(uses(backend)) is None  # other objects are not compared by value
+
+
+def test_graph_cache_serves_later_images_and_follows_the_settings(small_model_dir, monkeypatch):
+    """compile_step keeps one graphed step per step function and settings across images. The graphs are
+    CUDA's, so a stand-in for GraphedStep counts them here; the GPU test below replays real ones."""
+    import suppresseot.backends.cuda_graphs as cuda_graphs
+    from suppresseot import SuppressEOT
+
+    made = []
+
+    class CountingStep:
+        def __init__(self, fn, device, family=None, on_replay=None):
+            self.fn = fn
+            made.append(fn.__name__)
+
+        def __call__(self, *args):
+            return self.fn(*args)
+
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", CountingStep)
+    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
+    model.backend.cuda_graphs = True
+    first = model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert sorted(made) == ["denoising_step", "optimization_step", "reference_maps"]
+    again = model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert len(made) == 3 and np.array_equal(again.final_latents, first.final_latents)
+    model.generate(PROMPT, "glasses", seed=3, iterations=1, max_step_to_erase=2, tau=0.7, steps=3)
+    assert len(made) == 3  # other step counts and iterations are arguments, not captured values
+    model.backend.fused_attention = not model.backend.fused_attention  # baked into a graph: new ones
+    model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert len(made) == 6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (run on a GPU machine)")
@@ -114,6 +179,25 @@ def test_graphs_give_the_eager_results(tiny_model_dir, monkeypatch):
     graph_losses = [r["loss"] for r in graph_edit.inversion.null_text_log]
     assert graph_losses[0] == eager_losses[0]
     np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (run on a GPU machine)")
+def test_a_second_image_replays_the_first_images_graphs(tiny_model_dir):
+    """The graph cache on a GPU: the second image captures nothing, gives the first's results bit for bit, and
+    its peak memory still counts the graphs' working memory (a replay allocates nothing)."""
+    from suppresseot import SuppressEOT
+
+    model = SuppressEOT.from_pretrained(tiny_model_dir, device="cuda", progress=False)
+    first = model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    steps = list(model.backend._step_cache.values())
+    captures = [step.captures for step in steps]
+    assert len(steps) == 3 and all(c == 1 for c in captures)
+    second = model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert [step.captures for step in model.backend._step_cache.values()] == captures
+    np.testing.assert_array_equal(second.final_latents, first.final_latents)
+    assert [r["total"] for r in second.ito_log] == [r["total"] for r in first.ito_log]
+    stage = "swr_ito_sampling"
+    assert second.memory[stage]["allocated"] >= 0.9 * first.memory[stage]["allocated"]
 
 
 def test_offloaded_models_swap_their_weights_in_and_out():

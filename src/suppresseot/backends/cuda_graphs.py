@@ -10,13 +10,76 @@ differed in the last bits (tests/test_cuda_graphs.py).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import types
 import warnings
 import weakref
 
+import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
 WARMUP_CALLS = 2  # eager calls on a side stream before capture (cuBLAS/cuDNN workspaces, autograd)
+
+
+class _Uncachable(Exception):
+    pass
+
+
+def step_key(fn, same: tuple = ()):
+    """A key under which a graph captured from ``fn`` may serve a later closure of the same code over equal
+    values (the pipeline builds its step functions anew for every image), or None.
+
+    The key holds the function's code and, recursively, what it closes over: numbers, strings, tuples,
+    dataclasses, numpy arrays, functions of the same kinds; the objects in ``same`` (the backend) and
+    classes or modules by identity. Anything else (a tensor, say, which the graph would have baked in)
+    makes the function uncachable: it gets a graph of its own.
+    """
+    try:
+        return _function_key(fn, {id(x) for x in same}, 0)
+    except _Uncachable:
+        return None
+
+
+def _function_key(fn, same: set, depth: int):
+    if depth > 8:
+        raise _Uncachable("closures nested too deep")
+    try:
+        cells = tuple(_value_key(cell.cell_contents, same, depth + 1) for cell in fn.__closure__ or ())
+    except ValueError:  # an empty cell: a closure whose variable is not bound yet
+        raise _Uncachable("unbound closure variable") from None
+    defaults = _value_key(fn.__defaults__, same, depth + 1)
+    kwdefaults = _value_key(fn.__kwdefaults__ or {}, same, depth + 1)
+    return ("function", fn.__code__, cells, defaults, kwdefaults)
+
+
+def _value_key(value, same: set, depth: int):
+    if id(value) in same or isinstance(value, (type, types.ModuleType)):
+        return ("same", id(value))
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
+        return (type(value), value)
+    if isinstance(value, (tuple, list, frozenset)):
+        return (type(value), tuple(_value_key(x, same, depth) for x in value))
+    if isinstance(value, dict):
+        return (dict, tuple((k, _value_key(v, same, depth)) for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))))
+    if isinstance(value, np.ndarray):
+        return (np.ndarray, value.shape, value.dtype.str, hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if dataclasses.is_dataclass(value):
+        return (type(value),) + tuple(_value_key(getattr(value, f.name), same, depth) for f in dataclasses.fields(value))
+    if isinstance(value, types.FunctionType):
+        return _function_key(value, same, depth)
+    raise _Uncachable(type(value).__name__)
+
+
+def pool_bytes(steps) -> int:
+    """Device memory held by the memory pools of ``steps``' graphs: what their replays work in, which the
+    allocator's statistics do not count as allocated (a replay allocates nothing)."""
+    pools = {tuple(step.graph.pool()) for step in steps if step.graph is not None}
+    if not pools:
+        return 0
+    return sum(segment["total_size"] for segment in torch.cuda.memory_snapshot()
+               if tuple(segment.get("segment_pool_id", ())) in pools)
 
 
 def _clone(x):
@@ -33,8 +96,10 @@ class GraphedStep:
     at once), so a run's graphs together need about the memory of the largest one.
     """
 
-    def __init__(self, fn, device: str, family: "weakref.WeakSet | None" = None):
+    def __init__(self, fn, device: str, family: "weakref.WeakSet | None" = None, on_replay=None):
         self.fn, self.device = fn, torch.device(device)
+        self.on_replay = on_replay  # called after every replay (the backend's memory accounting)
+        self.captures = 0
         self.family = family if family is not None else weakref.WeakSet()  # steps that may share a pool
         self.family.add(self)
         self.signature = None
@@ -83,6 +148,7 @@ class GraphedStep:
         with torch.cuda.graph(graph, pool=self._shared_pool(), capture_error_mode="thread_local"):
             outputs = self.fn(*args)
         self.graph, self.static_outputs = graph, outputs
+        self.captures += 1
 
     def __call__(self, *args):
         if self.failed:
@@ -102,4 +168,6 @@ class GraphedStep:
         else:
             self._load(leaves)
         self.graph.replay()
+        if self.on_replay is not None:
+            self.on_replay()
         return pytree.tree_map(_clone, self.static_outputs)
