@@ -20,6 +20,10 @@ loads the same weights with no download, then runs each implementation on each m
 Modes: ``gen0`` (generated, ITO off), ``gen10`` (generated, 10 ITO iterations per step), ``real_npi``
 and ``real_nt`` (a real photo, negative-prompt / null-text inversion, then SWR + ITO).
 
+Each implementation first runs an untimed 2-step warm-up of the modes' code paths; the timed runs are
+images after the first in their process: with CUDA graphs they replay the graphs the warm-up captured (the
+first image's extra capture time is reported as ``setup_s[impl]["graph_capture"]``).
+
 Implementations run one after another, each loaded on its own and freed before the next, so the
 peak-memory numbers hold only that implementation's weights and activations. Results are written
 after every (implementation, mode), so a killed run keeps what finished. See docs/benchmarks.md.
@@ -531,6 +535,9 @@ def main(argv=None) -> dict:
                 runner.model.backend.jt.flags.profile_memory_enable = 1
             elif not args.no_warmup:
                 report["setup_s"][impl]["warmup"] = warm_up(runner, args.modes, settings)
+                backend_info = runner.model.backend.info() if hasattr(runner, "model") else {}
+                if backend_info.get("graph_steps"):  # the timed runs replay these: the first image's extra cost
+                    report["setup_s"][impl]["graph_capture"] = backend_info["graph_capture_s"]
         except BackendUnavailable as exc:
             runner = None
             results.update({m: {"unavailable": str(exc).splitlines()[0]} for m in args.modes})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 import types
 import warnings
 import weakref
@@ -100,6 +101,7 @@ class GraphedStep:
         self.fn, self.device = fn, torch.device(device)
         self.on_replay = on_replay  # called after every replay (the backend's memory accounting)
         self.captures = 0
+        self.capture_seconds = 0.0  # warm-up calls and capture, until the GPU finished them
         self.family = family if family is not None else weakref.WeakSet()  # steps that may share a pool
         self.family.add(self)
         self.signature = None
@@ -157,7 +159,10 @@ class GraphedStep:
         signature = self._signature(leaves, spec)
         if signature != self.signature:
             try:
+                started = time.perf_counter()
                 self._capture(leaves, spec)
+                torch.cuda.synchronize(self.device)
+                self.capture_seconds += time.perf_counter() - started
             except Exception as exc:  # an op that cannot be captured: run this step eagerly from now on
                 self.failed = True
                 self.graph = self.static_inputs = self.static_outputs = None

@@ -206,6 +206,7 @@ class TorchBackend:
         # Captured graphs are kept for later images (see compile_step), the most recently used last
         self._step_cache: dict = {}
         self._replay_allocated = 0  # the allocator's count at the busiest replay since the last peak reset
+        self._captures_at_reset = -1  # graph captures counted at that reset (-1: never reset)
         if on_gpu:
             # Faithful: the official code's arithmetic as it runs, i.e. PyTorch's defaults: fp32 matmuls
             # without TF32, cuDNN convolutions allowed TF32. SUPPRESSEOT_STRICT_FP32=1 turns TF32 off in
@@ -434,22 +435,33 @@ class TorchBackend:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
+    def _captures(self) -> int:
+        return sum(step.captures for step in list(self._graph_steps))
+
     def reset_peak_memory(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         self._replay_allocated = 0
+        self._captures_at_reset = self._captures()
 
     def peak_memory(self) -> dict:
+        """Peak allocated and reserved bytes since the last reset, the graphs' working memory included.
+
+        A replay allocates nothing, so the allocator's own peak sees a graph's working memory only while it
+        is captured. Graphs kept from earlier images hold their pool throughout: where nothing was captured
+        since the reset, the pool counts on top of the allocator's peak; where something was, the capture
+        is in that peak and later replays count as what was allocated at the busiest one plus the pool
+        (both bounds count the graphs' small static outputs twice)."""
         if not self.device.startswith("cuda"):
             return {"allocated": None, "reserved": None}
-        allocated = torch.cuda.max_memory_allocated()
-        if self._replay_allocated:
-            # A replay allocates nothing, so the allocator's peak misses the working memory of graphs captured
-            # before the window (earlier images): count their pool on top of what was allocated at the
-            # busiest replay (an upper bound, by the static outputs counted twice)
-            from .cuda_graphs import pool_bytes
+        from .cuda_graphs import pool_bytes
 
-            allocated = max(allocated, self._replay_allocated + pool_bytes(list(self._graph_steps)))
+        allocated = torch.cuda.max_memory_allocated()
+        pool = pool_bytes(list(self._graph_steps)) if len(self._graph_steps) else 0
+        if self._captures() == self._captures_at_reset:
+            allocated += pool
+        elif self._replay_allocated:
+            allocated = max(allocated, self._replay_allocated + pool)
         return {"allocated": allocated, "reserved": torch.cuda.max_memory_reserved()}
 
     def info(self) -> dict:
@@ -463,6 +475,9 @@ class TorchBackend:
                 "fast": self.fast, "cuda_graphs": self.cuda_graphs, "offload_models": self.offload_models,
                 "compile_unet": self.compile_unet if isinstance(self.compile_unet, (bool, str)) else "custom",
                 "channels_last": self.channels_last,
+                # graphs captured so far in this process (later images replay them) and what capturing took
+                "graph_steps": len(self._graph_steps),
+                "graph_capture_s": round(sum(step.capture_seconds for step in list(self._graph_steps)), 3),
                 "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if self.device.startswith("cuda") else False,
                 "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if self.device.startswith("cuda") else False}
         if self.device.startswith("cuda"):
