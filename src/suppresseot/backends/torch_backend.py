@@ -393,7 +393,8 @@ class TorchBackend:
         functions anew for every image, and a closure of the same code over equal values (``step_key``)
         under the same backend settings gets the graph captured for an earlier image. Capturing costs three
         eager calls (two warm-ups and the capture itself); a photo with null-text has seven steps to capture,
-        about a second and a half in fast mode on an H200, which later images no longer pay."""
+        which later images no longer pay. A graph reads the UNet's weights where they were at capture:
+        change them in place (``load_state_dict``), not by assigning new tensors, or load a new backend."""
         if not self.cuda_graphs:
             return fn
         from .cuda_graphs import GraphedStep, step_key
