@@ -12,19 +12,29 @@ from jittor import nn
 # -- normalisation --------------------------------------------------------------------------------
 
 
+FLOAT64_GROUP_SIZE = 1 << 16  # groups larger than this get float64 statistics (see GroupNorm)
+
+
 class GroupNorm(nn.GroupNorm):
     """torch.nn.GroupNorm numerics: float32 statistics, biased variance, output in the input dtype."""
 
     def execute(self, x):
         n, c = x.shape[0], x.shape[1]
         g = x.float32().reshape((n, self.num_groups, -1))
-        # Statistics accumulated in float64: a VAE group at 512 px holds ~500k values, where jittor's
-        # plain float32 sum drifts by ~1e-4 relative (torch sums in a more careful order).
-        g64 = g.cast("float64")
-        mean = g64.mean(dim=2, keepdims=True)
-        centred = g64 - mean
-        inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
-        g = ((g - mean.cast("float32")) * inv_std.cast("float32")).reshape(x.shape).cast(x.dtype)
+        if g.shape[2] > FLOAT64_GROUP_SIZE:
+            # Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's
+            # plain float32 sum drifts by ~1e-4 relative (torch sums in a more careful order). The UNet's
+            # groups (SD v1: at most 10 channels x 64x64 = 41k values) keep float32, two-pass.
+            g64 = g.cast("float64")
+            mean = g64.mean(dim=2, keepdims=True)
+            centred = g64 - mean
+            inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
+            mean, inv_std = mean.cast("float32"), inv_std.cast("float32")
+        else:
+            mean = g.mean(dim=2, keepdims=True)
+            centred = g - mean
+            inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
+        g = ((g - mean) * inv_std).reshape(x.shape).cast(x.dtype)
         shape = (1, c) + (1,) * (x.ndim - 2)
         return g * self.weight.reshape(shape) + self.bias.reshape(shape)
 
