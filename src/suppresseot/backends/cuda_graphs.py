@@ -39,7 +39,7 @@ def step_key(fn, same: tuple = ()):
     """
     try:
         return _function_key(fn, {id(x) for x in same}, 0)
-    except _Uncachable:
+    except (_Uncachable, RecursionError):  # RecursionError: a container that holds itself
         return None
 
 
@@ -63,11 +63,14 @@ def _value_key(value, same: set, depth: int):
     if isinstance(value, (tuple, list, frozenset)):
         return (type(value), tuple(_value_key(x, same, depth) for x in value))
     if isinstance(value, dict):
-        return (dict, tuple((k, _value_key(v, same, depth)) for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))))
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (dict, tuple((k, _value_key(v, same, depth)) for k, v in items))
     if isinstance(value, np.ndarray):
-        return (np.ndarray, value.shape, value.dtype.str, hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+        digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
+        return (np.ndarray, value.shape, value.dtype.str, digest)
     if dataclasses.is_dataclass(value):
-        return (type(value),) + tuple(_value_key(getattr(value, f.name), same, depth) for f in dataclasses.fields(value))
+        fields = dataclasses.fields(value)
+        return (type(value),) + tuple(_value_key(getattr(value, f.name), same, depth) for f in fields)
     if isinstance(value, types.FunctionType):
         return _function_key(value, same, depth)
     raise _Uncachable(type(value).__name__)
