@@ -134,8 +134,9 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
                 [updated[b:b + 1] if active[b] else uncond[b:b + 1] for b in range(k)])
             loss_on_host = backend.read_later(loss)
             # The next iteration's input does not depend on this loss, so it is queued before the early-stop
-            # read: the device never waits for the host. Where the previous step stopped by now, this one
-            # probably will too, and the read comes first (a stop discards a queued iteration: time, not values).
+            # read, and the device need not idle while the host reads. Where the previous step stopped by now,
+            # this one probably will too, and the read comes first (a stop discards a queued iteration: time,
+            # not values).
             pending = None
             if j + 1 < min(settings.inner_steps, iterations_last_step):
                 pending = launch(j + 1, uncond, m, v)
