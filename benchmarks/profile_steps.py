@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--fast", action="store_true", help="profile fast mode (bf16) instead of faithful")
     p.add_argument("--compile", action="store_true",
                    help="also time the steps with the UNet under torch.compile (inductor), eager and graphed")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for --compile, e.g. max-autotune-no-cudagraphs (inductor tunes GEMM and "
+                        "convolution kernels: much longer compilation; the backend's --compile uses the default)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="also time the steps with cuDNN's autotuner (torch.backends.cudnn.benchmark) on: it may "
                         "pick other convolution kernels than the heuristics (other rounding too)")
@@ -153,7 +156,7 @@ def main() -> None:
     if args.cudnn_benchmark:
         variants.append(("cudnn.benchmark", {"_cudnn_benchmark": True}))
     if args.compile:
-        variants.append(("torch.compile", {"_compile": True}))
+        variants.append((f"torch.compile{f' ({args.compile_mode})' if args.compile_mode else ''}", {"_compile": True}))
     defaults = {"fused_attention": backend.fused_attention, "_channels_last": backend.channels_last}
     rows = []
     reference_eps = None  # the first variant's UNet output: what the others' rounding is measured against
@@ -166,7 +169,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = bool(settings.get("_cudnn_benchmark"))
         if settings.get("_compile"):  # the backend's --compile: unrecorded UNet calls only
             started = time.perf_counter()
-            backend._compiled_unet = torch.compile(backend.unet_model, dynamic=False)
+            backend._compiled_unet = torch.compile(backend.unet_model, dynamic=False, mode=args.compile_mode)
             for fn, inputs in steps.values():
                 fn(*inputs)
             torch.cuda.synchronize()
