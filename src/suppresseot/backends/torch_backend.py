@@ -418,8 +418,7 @@ class TorchBackend:
         """What a captured graph has baked in besides its function: the attention and layout choices, the
         compiled UNet, the TF32 switches."""
         return (self.fused_attention, self.channels_last, self.recompute_attention, self.attention_slice_bytes,
-                id(self._compiled_unet), self.torch_dtype, torch.backends.cuda.matmul.allow_tf32,
-                torch.backends.cudnn.allow_tf32)
+                id(self._compiled_unet), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 
     def _note_replay(self) -> None:
         self._replay_allocated = max(self._replay_allocated, torch.cuda.memory_allocated(self.device))
@@ -458,11 +457,10 @@ class TorchBackend:
         from .cuda_graphs import pool_bytes
 
         allocated = torch.cuda.max_memory_allocated()
-        pool = pool_bytes(list(self._graph_steps)) if len(self._graph_steps) else 0
         if self._captures() == self._captures_at_reset:
-            allocated += pool
+            allocated += pool_bytes(list(self._graph_steps))
         elif self._replay_allocated:
-            allocated = max(allocated, self._replay_allocated + pool)
+            allocated = max(allocated, self._replay_allocated + pool_bytes(list(self._graph_steps)))
         return {"allocated": allocated, "reserved": torch.cuda.max_memory_reserved()}
 
     def info(self) -> dict:

@@ -55,20 +55,18 @@ class JittorBackend:
             return self.text_encoder(self.jt.array(np.array([ids], dtype=np.int64)))
 
     def unet(self, latents, t: int, context, recorder=None):
+        return self._unet_pass(latents, t, context, recorder)
+
+    def record_attention(self, latents, t: int, context, recorder) -> None:
+        """The UNet pass only as far as the recorder's maps need (see the PyTorch backend's)."""
+        self._unet_pass(latents, t, context, recorder, stop_past_side=recorder.resolution)
+
+    def _unet_pass(self, latents, t, context, recorder, stop_past_side=None):
         # jittor evaluates lazily: run what the inputs depend on now, so graphs never span many steps
         self.jt.sync([latents, context])
         self.unet_model.set_attention_recorder(recorder)
         try:
-            return self.unet_model(latents, int(t), context)
-        finally:
-            self.unet_model.set_attention_recorder(None)
-
-    def record_attention(self, latents, t: int, context, recorder) -> None:
-        """The UNet pass only as far as the recorder's maps need (see the PyTorch backend's)."""
-        self.jt.sync([latents, context])
-        self.unet_model.set_attention_recorder(recorder)
-        try:
-            self.unet_model(latents, int(t), context, stop_past_side=recorder.resolution)
+            return self.unet_model(latents, int(t), context, stop_past_side=stop_past_side)
         finally:
             self.unet_model.set_attention_recorder(None)
 
