@@ -6,10 +6,11 @@ denoising step (two batch-2 forwards, one recorded). For each: median wall milli
 CUDA-graph replay, the sum of its kernels' GPU time, and the UNet output's difference from the default,
 for the faithful backend's defaults and without fused attention and/or NHWC convolutions (the official
 code's arithmetic and layout), with --cudnn-benchmark cuDNN's autotuner on, and with --compile a
-torch.compile'd UNet; then one torch.profiler pass per step with the defaults, its kernels summed by kind
+torch.compile'd UNet (--compile-options: more variants, with inductor options); then one torch.profiler pass per step with the defaults, its kernels summed by kind
 (convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
 
     python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--cudnn-benchmark] [--out DIR]
+        [--compile [--compile-mode M]] [--compile-options conv_1x1_as_mm=1,coordinate_descent_tuning=1 ...]
 """
 from __future__ import annotations
 
@@ -105,6 +106,17 @@ def kernel_table(fn, label: str, quiet: bool = False) -> dict:
             "top": [{"ms": ms, "count": c, "kernel": n} for ms, c, n in rows[:25]]}
 
 
+def inductor_options(spec: str) -> dict:
+    """"a=1,b=false,c=x" as torch.compile options: integers and booleans parsed, the rest kept as strings."""
+    options = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        low = value.strip().lower()
+        options[key.strip()] = (True if low in ("1", "true", "") else False if low in ("0", "false")
+                                else int(low) if low.isdigit() else value.strip())
+    return options
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / ".bench" / "random-sd-v1")
@@ -115,6 +127,9 @@ def main() -> None:
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for --compile, e.g. max-autotune-no-cudagraphs (inductor tunes GEMM and "
                         "convolution kernels: much longer compilation; the backend's --compile uses the default)")
+    p.add_argument("--compile-options", action="append", default=[], metavar="K=V,K=V",
+                   help="also time a torch.compile variant with these inductor options (torch.compile's options=, "
+                        "e.g. conv_1x1_as_mm=1,coordinate_descent_tuning=1); repeatable, one variant each")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="also time the steps with cuDNN's autotuner (torch.backends.cudnn.benchmark) on: it may "
                         "pick other convolution kernels than the heuristics (other rounding too)")
@@ -156,7 +171,10 @@ def main() -> None:
     if args.cudnn_benchmark:
         variants.append(("cudnn.benchmark", {"_cudnn_benchmark": True}))
     if args.compile:
-        variants.append((f"torch.compile{f' ({args.compile_mode})' if args.compile_mode else ''}", {"_compile": True}))
+        variants.append((f"torch.compile{f' ({args.compile_mode})' if args.compile_mode else ''}",
+                         {"_compile": {"mode": args.compile_mode}}))
+    for spec in args.compile_options:
+        variants.append((f"torch.compile ({spec})", {"_compile": {"options": inductor_options(spec)}}))
     defaults = {"fused_attention": backend.fused_attention, "_channels_last": backend.channels_last}
     rows = []
     reference_eps = None  # the first variant's UNet output: what the others' rounding is measured against
@@ -169,7 +187,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = bool(settings.get("_cudnn_benchmark"))
         if settings.get("_compile"):  # the backend's --compile: unrecorded UNet calls only
             started = time.perf_counter()
-            backend._compiled_unet = torch.compile(backend.unet_model, dynamic=False, mode=args.compile_mode)
+            torch._dynamo.reset()  # dynamo caches per code object: another variant would reuse the last one's code
+            backend._compiled_unet = torch.compile(backend.unet_model, dynamic=False, **settings["_compile"])
             for fn, inputs in steps.values():
                 fn(*inputs)
             torch.cuda.synchronize()
@@ -184,7 +203,9 @@ def main() -> None:
             row[f"{name}_graph_ms"] = timed(lambda: graphed(*inputs), args.repeats)[0]
             del graphed
             torch.cuda.empty_cache()
-            row[f"{name}_kernel_ms"] = kernel_table(lambda: fn(*inputs), f"{label}: {name}", quiet=True)["total_ms"]
+            table = kernel_table(lambda: fn(*inputs), f"{label}: {name}", quiet=True)
+            row[f"{name}_kernel_ms"] = table["total_ms"]
+            row[f"{name}_kernels_by_kind_ms"] = {k: round(v, 3) for k, v in table["by_kind_ms"].items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     backend.fused_attention = defaults["fused_attention"]

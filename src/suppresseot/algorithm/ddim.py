@@ -22,6 +22,18 @@ def divide_by_scalar(x, value, reciprocal):
     return x / value if isinstance(value, (int, float, np.floating)) else x * reciprocal
 
 
+def move(sample, eps, coefficients):
+    """One deterministic DDIM move: x_to = sqrt(a_to) * x0_pred + sqrt(1 - a_to) * eps, x0_pred from x_from, eps.
+
+    The coefficients (``DDIMSchedule.coefficients``) are floats, or 0-d tensors when the step runs inside a
+    captured CUDA graph. A plain function, so the pipeline's step functions close over it and not over a
+    schedule: a graph captured for one step count serves every other.
+    """
+    sqrt_from, sqrt_beta_from, sqrt_to, sqrt_beta_to, inverse_sqrt_from = coefficients
+    original = divide_by_scalar(sample - sqrt_beta_from * eps, sqrt_from, inverse_sqrt_from)
+    return sqrt_to * original + sqrt_beta_to * eps
+
+
 @dataclass(frozen=True)
 class DDIMSchedule:
     num_steps: int
@@ -67,23 +79,13 @@ class DDIMSchedule:
         return self.coefficients_between(self.alpha(min(t - self.step_ratio, self.num_train_timesteps - 1)),
                                          self.alpha(t))
 
-    @staticmethod
-    def move(sample, eps, coefficients):
-        """x_to = sqrt(a_to) * x0_pred + sqrt(1 - a_to) * eps, with x0_pred from x_from and eps.
-
-        The coefficients are floats, or 0-d tensors when the step runs inside a captured CUDA graph.
-        """
-        sqrt_from, sqrt_beta_from, sqrt_to, sqrt_beta_to, inverse_sqrt_from = coefficients
-        original = divide_by_scalar(sample - sqrt_beta_from * eps, sqrt_from, inverse_sqrt_from)
-        return sqrt_to * original + sqrt_beta_to * eps
-
     def step(self, eps, t: int, sample):
         """One denoising step from timestep t to t - ratio."""
-        return self.move(sample, eps, self.coefficients(t))
+        return move(sample, eps, self.coefficients(t))
 
     def inverse_step(self, eps, t: int, sample):
         """One inversion step from t - ratio up to t."""
-        return self.move(sample, eps, self.inverse_coefficients(t))
+        return move(sample, eps, self.inverse_coefficients(t))
 
     def guidance_weights(self) -> np.ndarray:
         """The ITO step-size schedule sqrt(linspace(1, 0.1, steps)) of the official code."""

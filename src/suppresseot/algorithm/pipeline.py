@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import InversionSettings, SamplingSettings, SuppressionSettings
 from .attention import ALL_PLACES, CROSS_REFERENCE_PLACES, AttentionRecorder
-from .ddim import DDIMSchedule, divide_by_scalar
+from .ddim import DDIMSchedule, divide_by_scalar, move
 from .losses import LossWeights, attention_loss, loss_weights
 from .swr import soft_weight_regularize
 
@@ -34,7 +34,7 @@ ADAM_EPS = 1e-8
 def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool = True) -> list:
     """Run DDIM backwards (conditional prediction only); returns the latents z_0 .. z_T."""
     def inversion_step(latent, t, text, coefficients):
-        return schedule.move(latent, backend.unet(latent, t, text), coefficients)
+        return move(latent, backend.unet(latent, t, text), coefficients)
 
     step = backend.compile_step(inversion_step)
     latents = [latent]
@@ -90,7 +90,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     def optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, step_size, bias_correction2):
         def reconstruction_loss(embedding):
             eps = guided(backend.unet(current, t, embedding), eps_cond)
-            error = (schedule.move(current, eps, coefficients) - target) ** 2
+            error = (move(current, eps, coefficients) - target) ** 2
             if k == 1:  # the official loss, reduced as it reduces it
                 return error.mean(), None
             per_photo = error.reshape(k, -1).mean(1)  # photos are independent: d(sum)/d(own) = d(own)
@@ -102,7 +102,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
 
     def denoising_step(current, t, uncond, text, coefficients):
         eps = backend.unet(backend.cat([current, current]), t, backend.cat([uncond, text]))
-        return schedule.move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
+        return move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
     conditional_noise = backend.compile_step(conditional_noise)
     optimization_step = backend.compile_step(optimization_step)
@@ -275,7 +275,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
         recorder = AttentionRecorder() if capture_maps else None
         eps_uncond = backend.unet(latents, t, backend.cat([uncond, uncond]))
         eps_cond = backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder)
-        latents = schedule.move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
+        latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
         maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
                                                                tasks=tasks, branches=2)
                                             for is_cross in (True, False) for b in (0, 1)]
