@@ -147,11 +147,17 @@ def test_graph_cache_serves_later_images_and_follows_the_settings(small_model_di
     assert sorted(made) == ["denoising_step", "optimization_step", "reference_maps"]
     again = model.generate(PROMPT, "glasses", seed=3, **SHORT)
     assert len(made) == 3 and np.array_equal(again.final_latents, first.final_latents)
-    model.generate(PROMPT, "glasses", seed=3, iterations=1, max_step_to_erase=2, tau=0.7, steps=3)
+    model.generate(PROMPT, "glasses", seed=3, iterations=1, max_step_to_erase=2, tau=0.7, steps=4)
     assert len(made) == 3  # other step counts and iterations are arguments, not captured values
-    model.backend.fused_attention = not model.backend.fused_attention  # baked into a graph: new ones
+    model.backend.release_cache()
+    model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert len(made) == 3
+    model.backend.release_cache(graphs=True)  # a batch whose group failed frees the kept graphs' pool too
     model.generate(PROMPT, "glasses", seed=3, **SHORT)
     assert len(made) == 6
+    model.backend.fused_attention = not model.backend.fused_attention  # baked into a graph: new ones
+    model.generate(PROMPT, "glasses", seed=3, **SHORT)
+    assert len(made) == 9
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (run on a GPU machine)")

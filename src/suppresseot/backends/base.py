@@ -92,8 +92,9 @@ class Backend(Protocol):
 
     def reset_peak_memory(self) -> None: ...
 
-    def release_cache(self) -> None:
-        """Hand cached, unused device memory back (between batch tasks), so one task's peak is its own."""
+    def release_cache(self, graphs: bool = False) -> None:
+        """Hand cached, unused device memory back (between batch tasks), so one task's peak is its own;
+        ``graphs``: also the captured steps kept for later images (and the memory they work in)."""
 
     def peak_memory(self) -> dict:
         """{'allocated': bytes, 'reserved': bytes} since the last reset (None where not measurable)."""

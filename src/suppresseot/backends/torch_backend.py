@@ -428,9 +428,11 @@ class TorchBackend:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def release_cache(self) -> None:
+    def release_cache(self, graphs: bool = False) -> None:
         import gc
 
+        if graphs:  # their shared pool goes once no graph holds it
+            self._step_cache.clear()
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -364,7 +364,7 @@ def _run_together(model, group, manifest, options, out_dir, backend, device, ext
         raise
     except Exception as exc:
         _note(f"group of {len(group)} failed ({error_line(exc)}): running its tasks one by one")
-        model.backend.release_cache()
+        model.backend.release_cache(graphs=True)  # out of memory, perhaps: the kept graphs' pool too
         return False
     for task, path in zip(group, paths):
         clear_failure(out_dir, task, backend)

@@ -127,7 +127,7 @@ class JittorBackend:
     def synchronize(self) -> None:
         self.jt.sync_all(True)
 
-    def release_cache(self) -> None:
+    def release_cache(self, graphs: bool = False) -> None:  # no captured graphs here
         import gc
 
         gc.collect()
