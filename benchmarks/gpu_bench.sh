@@ -15,8 +15,8 @@
 # Jittor pins numpy < 2 while the image's torch side has numpy 2, so Jittor runs in bench.py's child
 # process (--jittor-python) with numpy 1.26 first on its path. Its CUDA-13 patches come from
 # `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
-# neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (first, see
-# below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
+# neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (after the
+# bench, see below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
 # and benchmarks/profile_jittor.py shows where Jittor's time goes.
 # Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
 set -u
@@ -66,23 +66,16 @@ say "jittor core: rc $? $(tail -1 "$W/jittor-core.log")"
 wait $model_pid
 say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 
-# The study first: it needs only the model, and if the device lease runs out during the (long) Jittor part,
-# the torch columns and the throughput are already on disk. bench.py writes its report after every
-# (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/).
+# The study after the bench: twice the first GPU work on a fresh machine ran ~20% slower (docs/benchmarks.md,
+# "cache"), and the bench's timed runs come after warm-ups anyway. bench.py writes its report after every
+# (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
+# that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
 # STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
 # --compile" profiles fast mode and adds the compiled UNet); STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
 # --jittor-memory; about as long again as the timed Jittor runs); BENCH_BACKENDS=torch leaves Jittor out.
 STEPS=" ${STEPS:-study bench profile} "
-if [[ $STEPS == *" study "* ]]; then
-say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-16}"
-PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
-PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
-  --model "$MODEL" --fast --group-size "${GROUP:-16}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
-  > "$W/study.log" 2>&1
-say "study batch: rc $? ($(tail -1 "$W/study.log"))"
-fi
 
 if [[ $STEPS == *" bench "* ]]; then
 [[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
@@ -93,14 +86,21 @@ PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MO
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \
   --modes "${MODES:-gen0,gen10,real_npi,real_nt}" --out "$RESULTS" >> "$LOG" 2>&1
 say "bench: rc $?"
-
-if [ -f "$W/study-fast/summary.csv" ]; then
+fi
+if [[ $STEPS == *" study "* ]]; then
+say "study throughput: prepare --all (no COCO here: 52 cases), batch --fast --group-size ${GROUP:-16}"
+PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all --out "$W/manifests" >> "$LOG" 2>&1
+PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
+  --model "$MODEL" --fast --group-size "${GROUP:-16}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
+  > "$W/study.log" 2>&1
+say "study batch: rc $? ($(tail -1 "$W/study.log"))"
+fi
+if [ -f "$W/study-fast/summary.csv" ] && [ -f "$RESULTS/bench.json" ]; then
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \
   > "$W/throughput.md" 2>&1
 say "throughput: $(tail -1 "$W/throughput.md")"
 else
-say "throughput: skipped (no study results in $W/study-fast: add 'study' to STEPS)"
-fi
+say "throughput: skipped (needs both: add 'study' and 'bench' to STEPS)"
 fi
 if [[ $STEPS == *" steps "* ]]; then
 say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"
