@@ -547,7 +547,7 @@ def main(argv=None) -> dict:
         except Exception as exc:  # noqa: BLE001 - one broken implementation must not stop the others
             traceback.print_exc()
             runner = None
-            results.update({m: {"error": f"loading/warm-up: {type(exc).__name__}: {exc}".splitlines()[0]}
+            results.update({m: {"error": f"loading: {type(exc).__name__}: {exc}".splitlines()[0]}
                             for m in args.modes})
         setup = report["setup_s"].get(impl, {})
         for mode in args.modes if runner is not None else []:
