@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_steps import ROOT, null_text_iteration, step_inputs  # noqa: E402
+from profile_steps import ROOT, denoising_step, null_text_iteration, step_inputs  # noqa: E402
 
-from suppresseot.algorithm.attention import AttentionRecorder  # noqa: E402
 from suppresseot.backends.cuda_graphs import GraphedStep  # noqa: E402
 from suppresseot.backends.torch_backend import TorchBackend  # noqa: E402
 from suppresseot.random_model import save_random_model  # noqa: E402
@@ -49,17 +48,8 @@ def main() -> None:
     backend = TorchBackend(args.model_dir, device="cuda", fast=fast, dtype="bfloat16" if fast else "float32",
                            cuda_graphs=False)
     text, latent, target = step_inputs(backend)
-    null_text = null_text_iteration(backend)
-
-    def denoise(latent, text, edited, t):  # a sampling step of one photo: both branches, maps recorded
-        with torch.no_grad():
-            latents = torch.cat([latent, latent])
-            eps_u = backend.unet(latents, t, torch.cat([text, text]))
-            eps_c = backend.unet(latents, t, torch.cat([text, edited]), recorder=AttentionRecorder())
-            return latents[:1] + 0.01 * (eps_c - eps_u)[:1]
-
-    null_step = GraphedStep(null_text, "cuda")  # each its own family: its own memory pool
-    denoise_step = GraphedStep(denoise, "cuda")
+    null_step = GraphedStep(null_text_iteration(backend), "cuda")  # each its own family: its own memory pool
+    denoise_step = GraphedStep(denoising_step(backend), "cuda")
     null_inputs, denoise_inputs = (text, latent, target, 500), (latent, text, text * 0.9, 480)
     null_step(*null_inputs)
     denoise_step(*denoise_inputs)

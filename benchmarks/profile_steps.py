@@ -6,8 +6,9 @@ denoising step (two batch-2 forwards, one recorded). For each: median wall milli
 CUDA-graph replay, the sum of its kernels' GPU time, and the UNet output's difference from the default,
 for the faithful backend's defaults and without fused attention and/or NHWC convolutions (the official
 code's arithmetic and layout), with --cudnn-benchmark cuDNN's autotuner on, and with --compile a
-torch.compile'd UNet (--compile-options: more variants, with inductor options); then one torch.profiler pass per step with the defaults, its kernels summed by kind
-(convolution, matmul, softmax, normalization, elementwise, copies) and the top kernels. Usage:
+torch.compile'd UNet (--compile-options: more variants, with inductor options); then one torch.profiler
+pass per step with the defaults, its kernels summed by kind (convolution, matmul, softmax, normalization,
+elementwise, copies) and the top kernels. Usage:
 
     python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--cudnn-benchmark] [--out DIR]
         [--compile [--compile-mode M]] [--compile-options conv_1x1_as_mm=1,coordinate_descent_tuning=1 ...]
@@ -71,6 +72,18 @@ def null_text_iteration(backend):
             return ((backend.unet(latent, t, x) - target) ** 2).mean(), None
         value, _, grad = backend.value_and_grad(loss, e)
         return e - 1e-3 * grad, value
+    return step
+
+
+def denoising_step(backend):
+    """A sampling step's UNet work for one image: both branches (batch 2), the unconditional pass and the
+    conditional one, whose maps are recorded."""
+    def step(latent, text, edited, t):
+        with torch.no_grad():
+            latents = torch.cat([latent, latent])
+            eps_u = backend.unet(latents, t, torch.cat([text, text]))
+            eps_c = backend.unet(latents, t, torch.cat([text, edited]), recorder=AttentionRecorder())
+            return latents + 0.1 * (eps_c - eps_u)
     return step
 
 
@@ -153,16 +166,9 @@ def main() -> None:
         value, _, grad = backend.value_and_grad(loss, e)
         return e - grad, value
 
-    def denoise(latent, text, t):
-        with torch.no_grad():
-            latents = torch.cat([latent, latent])
-            eps_u = backend.unet(latents, t, torch.cat([text, text]))
-            eps_c = backend.unet(latents, t, torch.cat([text, text]), recorder=AttentionRecorder())
-            return latents + 0.1 * (eps_c - eps_u)
-
     steps = {"null_text_iteration": (null_text, (text, latent, target, 500)),
              "ito_iteration": (ito, (text, latent, 500)),
-             "denoising_step": (denoise, (latent, text, 500))}
+             "denoising_step": (denoising_step(backend), (latent, text, text, 500))}
     variants = [("default", {}), ("explicit attention", {"fused_attention": False}),
                 ("NCHW", {"_channels_last": False}),
                 ("explicit + NCHW (official layout)", {"fused_attention": False, "_channels_last": False})]

@@ -21,19 +21,15 @@ class GroupNorm(nn.GroupNorm):
     def execute(self, x):
         n, c = x.shape[0], x.shape[1]
         g = x.float32().reshape((n, self.num_groups, -1))
-        if g.shape[2] > FLOAT64_GROUP_SIZE:
-            # Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's
-            # plain float32 sum drifts by ~1e-4 relative (torch sums in a more careful order). The UNet's
-            # groups (SD v1: at most 10 channels x 64x64 = 41k values) keep float32, two-pass.
-            g64 = g.cast("float64")
-            mean = g64.mean(dim=2, keepdims=True)
-            centred = g64 - mean
-            inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
+        # Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's plain
+        # float32 sum drifts by ~1e-4 relative (torch sums in a more careful order). The UNet's groups (SD v1:
+        # at most 10 channels x 64x64 = 41k values) keep float32, two-pass.
+        stats = g.cast("float64") if g.shape[2] > FLOAT64_GROUP_SIZE else g
+        mean = stats.mean(dim=2, keepdims=True)
+        centred = stats - mean
+        inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
+        if stats is not g:
             mean, inv_std = mean.cast("float32"), inv_std.cast("float32")
-        else:
-            mean = g.mean(dim=2, keepdims=True)
-            centred = g - mean
-            inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
         g = ((g - mean) * inv_std).reshape(x.shape).cast(x.dtype)
         shape = (1, c) + (1,) * (x.ndim - 2)
         return g * self.weight.reshape(shape) + self.bias.reshape(shape)
