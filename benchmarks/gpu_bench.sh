@@ -18,7 +18,7 @@
 # neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (after the
 # bench, see below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
 # and benchmarks/profile_jittor.py shows where Jittor's time goes.
-# Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
+# Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor-*.log.
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -70,12 +70,37 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # "cache"), and the bench's timed runs come after warm-ups anyway. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
 # that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
-# STEPS picks parts (e.g. STEPS=profile for the Jittor profile alone; "steps" adds
+# STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probe_conv.py),
+# profile (benchmarks/profile_jittor.py, once per PROFILE_CONV_MATHS), bench, study, steps (e.g. STEPS=profile for
+# the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
 # --compile" profiles fast mode and adds the compiled UNet); STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
 # --jittor-memory; about as long again as the timed Jittor runs); BENCH_BACKENDS=torch leaves Jittor out.
 STEPS=" ${STEPS:-study bench profile} "
+
+if [[ $STEPS == *" convprobe "* ]]; then
+# cuDNN convolutions alone, per framework and math type (benchmarks/probe_conv.py): time and error vs float64
+say "convolution probe (benchmarks/probe_conv.py)"
+mkdir -p "$RESULTS/convprobe"
+for v in "1 nchw" "0 nchw" "1 nhwc"; do set -- $v
+  PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$1" --layout "$2" \
+    --out "$RESULTS/convprobe/torch-tf32$1-$2.json" >> "$W/convprobe.log" 2>&1; say "  torch tf32=$1 $2: rc $?"
+done
+for v in "tf32 nchw" "default nchw" "tf32 nhwc"; do set -- $v
+  SUPPRESSEOT_JITTOR_CONV_MATH=$1 PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
+    --layout "$2" --out "$RESULTS/convprobe/jittor-$1-$2.json" >> "$W/convprobe.log" 2>&1; say "  jittor $1 $2: rc $?"
+done
+fi
+if [[ $STEPS == *" profile "* ]]; then
+# one profile per cuDNN convolution math type (PROFILE_CONV_MATHS; docs/jittor.md)
+for m in ${PROFILE_CONV_MATHS:-tf32}; do
+say "jittor profile (benchmarks/profile_jittor.py), convolutions: $m"
+SUPPRESSEOT_JITTOR_CONV_MATH=$m PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 \
+  benchmarks/profile_jittor.py --model-dir "$MODEL" > "$W/profile_jittor-$m.log" 2>&1
+say "jittor profile ($m): rc $? $(grep -h ' ms ' "$W/profile_jittor-$m.log" | tr '\n' ' ')"
+done
+fi
 
 if [[ $STEPS == *" bench "* ]]; then
 [[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
@@ -107,12 +132,6 @@ say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps,
 PYTHONPATH=$TORCH_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_steps.py --model-dir "$MODEL" \
   ${PROFILE_FLAGS:-} --out "$RESULTS" > "$W/profile_steps.log" 2>&1
 say "torch step profile: rc $?"
-fi
-if [[ $STEPS == *" profile "* ]]; then
-say "jittor profile (benchmarks/profile_jittor.py)"
-PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
-  > "$W/profile_jittor.log" 2>&1
-say "jittor profile: rc $?"
 fi
 say "DONE"
 touch "$W/DONE"

@@ -1,0 +1,149 @@
+"""One framework's cuDNN convolutions on SD v1 UNet shapes: time and error, to compare Jittor with PyTorch.
+
+A Jittor SD v1 forward spent ~54 of 112 ms in convolutions on an H200 (profile_jittor.py), where PyTorch's
+fp32 convolutions with its default TF32 took a fraction of that. This times the UNet's 3x3 and 1x1
+convolutions alone (forward and backward to the input, batch 1 and 2, fp32, chains of CUDA work with one
+sync each) and measures each output's relative error against a float64 numpy reference, which tells
+TF32 (~1e-4..1e-3) from exact fp32 (~1e-6). One framework and one setting per process (jittor caches a
+shape's algorithm under the math type it was found with):
+
+    python benchmarks/probe_conv.py --framework torch --tf32 1 [--layout nhwc]
+    SUPPRESSEOT_JITTOR_CONV_MATH=tf32 python benchmarks/probe_conv.py --framework jittor [--layout nhwc]
+
+Prints one JSON object per shape, and the list with --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# (in channels, out channels, side, kernel): the UNet's convolutions at 64x64 latents
+SHAPES = [(320, 320, 64, 3), (640, 640, 32, 3), (1280, 1280, 16, 3), (1280, 1280, 8, 3),
+          (960, 320, 64, 3), (960, 320, 64, 1)]
+
+
+def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Float64 'same' convolution of one image (C, H, W) by im2col."""
+    c, h, wd = x.shape
+    k = w.shape[-1]
+    pad = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # (C, H, W, k, k)
+    cols = cols.transpose(1, 2, 0, 3, 4).reshape(h * wd, c * k * k)
+    return (cols @ w.reshape(w.shape[0], -1).T.astype(np.float64)).T.reshape(w.shape[0], h, wd)
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+class TorchConv:
+    def __init__(self, tf32: bool, layout: str):
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+        self.torch, self.layout = torch, layout
+        self.setting = f"torch cudnn.allow_tf32={tf32} {layout}"
+
+    def put(self, a, activation=True):
+        t = self.torch.from_numpy(a).cuda()
+        return t.contiguous(memory_format=self.torch.channels_last) if self.layout == "nhwc" else t
+
+    def conv(self, x, w):
+        return self.torch.nn.functional.conv2d(x, w, padding=w.shape[-1] // 2)
+
+    def grad_x(self, x, w, g):
+        x = x.detach().requires_grad_(True)
+        return self.torch.autograd.grad(self.conv(x, w), x, g)[0]
+
+    def get(self, t):
+        return t.float().cpu().numpy()
+
+    def sync(self, _outputs):
+        self.torch.cuda.synchronize()
+
+
+class JittorConv:
+    def __init__(self, layout: str):
+        from suppresseot.backends.jittor.env import import_jittor, jittor_info
+
+        self.jt = import_jittor("cuda")
+        self.layout = layout
+        self.setting = f"jittor conv math {jittor_info()['cudnn_conv_math']} {layout}"
+
+    def put(self, a, activation=True):
+        if self.layout == "nhwc" and activation:  # jittor arrays are dense in their shape: (N, H, W, C)
+            a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+        return self.jt.array(a)
+
+    def conv(self, x, w):
+        pad = w.shape[-1] // 2
+        if self.layout == "nhwc":
+            return self.jt.cudnn.ops.cudnn_conv(x, w, 1, 1, pad, pad, 1, 1, 1, "acdb", "oihw", "acdb")
+        return self.jt.nn.conv2d(x, w, padding=pad)
+
+    def grad_x(self, x, w, g):
+        return self.jt.grad((self.conv(x, w) * g).sum(), x)
+
+    def get(self, t):
+        a = t.numpy()
+        return a.transpose(0, 3, 1, 2) if self.layout == "nhwc" else a
+
+    def sync(self, outputs):
+        self.jt.sync(outputs)  # lazy: what is not synced (or used) never runs
+        self.jt.sync_all(True)
+
+
+def timed_ms(fw, fn, repeats: int) -> float:
+    """Best of three: ``repeats`` calls queued, then one sync over all their outputs."""
+    fw.sync([fn()])
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        fw.sync([fn() for _ in range(repeats)])
+        best = min(best, (time.perf_counter() - start) * 1e3 / repeats)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--framework", choices=("torch", "jittor"), required=True)
+    p.add_argument("--tf32", type=int, default=1, help="torch: cudnn.allow_tf32 (jittor: SUPPRESSEOT_JITTOR_CONV_MATH)")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    fw = TorchConv(bool(args.tf32), args.layout) if args.framework == "torch" else JittorConv(args.layout)
+    rng = np.random.default_rng(0)
+    rows = []
+    for cin, cout, side, k in SHAPES:
+        w_np = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+        row = {"setting": fw.setting, "shape": f"{cin}->{cout} {k}x{k} @{side}"}
+        for batch in (1, 2):
+            x_np = rng.standard_normal((batch, cin, side, side)).astype(np.float32)
+            x, w = fw.put(x_np), fw.put(w_np, activation=False)
+            g = fw.put(rng.standard_normal((batch, cout, side, side)).astype(np.float32))
+            row[f"fwd_ms_b{batch}"] = round(timed_ms(fw, lambda: fw.conv(x, w), args.repeats), 3)
+            row[f"bwd_x_ms_b{batch}"] = round(timed_ms(fw, lambda: fw.grad_x(x, w, g), args.repeats), 3)
+            if batch == 1:
+                row["rel_err_fwd"] = float(f"{rel(fw.get(fw.conv(x, w))[0], reference(x_np[0], w_np)):.2e}")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"setting": fw.setting, "env": os.environ.get("SUPPRESSEOT_JITTOR_CONV_MATH"),
+                                        "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
