@@ -291,12 +291,10 @@ def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, n
     for stage, seconds in stages.items():
         group = STAGE_GROUPS.get(stage, stage)
         groups[group] = groups.get(group, 0.0) + seconds
-    info = runner.model.backend.info() if hasattr(runner, "model") else {}
-    conv_math = (info.get("jittor") or {}).get("cudnn_conv_math")  # Jittor on CUDA: see docs/jittor.md
     return {"total_s": total, "stages_s": stages, "stage_groups_s": groups, "peak_allocated_bytes": peak["allocated"],
             "peak_reserved_bytes": peak["reserved"], "nvml_peak_used_bytes": trace.peak,
             "nvml_baseline_used_bytes": trace.baseline, "nvml": trace.status,
-            "latents_shape": list(np.shape(latents)), **({"jittor_conv_math": conv_math} if conv_math else {})}, latents
+            "latents_shape": list(np.shape(latents))}, latents
 
 
 def warm_up(runner, mode: str) -> float:

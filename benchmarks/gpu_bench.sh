@@ -18,7 +18,7 @@
 # neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (after the
 # bench, see below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
 # and benchmarks/profile_jittor.py shows where Jittor's time goes.
-# Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor-*.log.
+# Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -71,7 +71,7 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
 # that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
 # STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probe_conv.py),
-# profile (benchmarks/profile_jittor.py, once per PROFILE_CONV_MATHS), bench, study, steps (e.g. STEPS=profile for
+# profile (benchmarks/profile_jittor.py), bench, study, steps (e.g. STEPS=profile for
 # the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
 # --compile" profiles fast mode and adds the compiled UNet); STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
@@ -80,26 +80,21 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 STEPS=" ${STEPS:-study bench profile} "
 
 if [[ $STEPS == *" convprobe "* ]]; then
-# cuDNN convolutions alone, per framework and math type (benchmarks/probe_conv.py): time and error vs float64
+# cuDNN convolutions alone (benchmarks/probe_conv.py): torch with/without TF32, NCHW/NHWC, and jittor; time, error
 say "convolution probe (benchmarks/probe_conv.py)"
 mkdir -p "$RESULTS/convprobe"
 for v in "1 nchw" "0 nchw" "1 nhwc"; do set -- $v
   PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$1" --layout "$2" \
     --out "$RESULTS/convprobe/torch-tf32$1-$2.json" >> "$W/convprobe.log" 2>&1; say "  torch tf32=$1 $2: rc $?"
 done
-for v in "tf32 nchw" "default nchw" "tf32 nhwc"; do set -- $v
-  SUPPRESSEOT_JITTOR_CONV_MATH=$1 PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
-    --layout "$2" --out "$RESULTS/convprobe/jittor-$1-$2.json" >> "$W/convprobe.log" 2>&1; say "  jittor $1 $2: rc $?"
-done
+PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
+  --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1; say "  jittor: rc $?"
 fi
 if [[ $STEPS == *" profile "* ]]; then
-# one profile per cuDNN convolution math type (PROFILE_CONV_MATHS; docs/jittor.md)
-for m in ${PROFILE_CONV_MATHS:-tf32}; do
-say "jittor profile (benchmarks/profile_jittor.py), convolutions: $m"
-SUPPRESSEOT_JITTOR_CONV_MATH=$m PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 \
-  benchmarks/profile_jittor.py --model-dir "$MODEL" > "$W/profile_jittor-$m.log" 2>&1
-say "jittor profile ($m): rc $? $(grep -h ' ms ' "$W/profile_jittor-$m.log" | tr '\n' ' ')"
-done
+say "jittor profile (benchmarks/profile_jittor.py)"
+PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
+  > "$W/profile_jittor.log" 2>&1
+say "jittor profile: rc $? $(grep -h ' ms ' "$W/profile_jittor.log" | tr '\n' ' ')"
 fi
 
 if [[ $STEPS == *" bench "* ]]; then

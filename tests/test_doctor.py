@@ -78,20 +78,10 @@ def test_fix_changes_the_expected_text_and_keeps_backups(jt_copy):
     # the patched Python files still parse (the f-string braces of the softmax kernel included)
     for name in ("compiler.py", "compile_extern.py", "other/code_softmax.py", "depthwise_conv.py"):
         compile((jt_copy / name).read_text(), name, "exec")
-    cudnn = jt_copy / "extern/cuda/cudnn"
-    header, wrapper = (cudnn / "inc/cudnn_wrapper.h").read_text(), (cudnn / "src/cudnn_wrapper.cc").read_text()
-    assert "// @pyjt(set_conv_math_type)\nvoid set_conv_math_type(int math_type);" in header
-    assert "EXTERN_LIB int conv_math_type;" in header and "int conv_math_type = -1;" in wrapper
-    for op in ("cudnn_conv_op", "cudnn_conv_backward_x_op", "cudnn_conv_backward_w_op"):
-        text = (cudnn / f"ops/{op}.cc").read_text()
-        # the chosen math type is set before jittor's own use_tensorcore branch, which still overrides it
-        assert text.index("(cudnnMathType_t)conv_math_type") < text.index("if(use_tensorcore){"), op
     backups = {str(p.relative_to(jt_copy)) for p in doctor.patched_files(jt_copy)}
     assert backups == {f + doctor.BACKUP_SUFFIX for f in (
         "extern/cuda/inc/helper_cuda.h", "compiler.py", "compile_extern.py", "other/code_softmax.py",
-        "depthwise_conv.py", "extern/cuda/cub/ops/cub_where_op.cc", "extern/cuda/cudnn/inc/cudnn_wrapper.h",
-        "extern/cuda/cudnn/src/cudnn_wrapper.cc", "extern/cuda/cudnn/ops/cudnn_conv_op.cc",
-        "extern/cuda/cudnn/ops/cudnn_conv_backward_x_op.cc", "extern/cuda/cudnn/ops/cudnn_conv_backward_w_op.cc")}
+        "depthwise_conv.py", "extern/cuda/cub/ops/cub_where_op.cc")}
 
 
 def test_fix_twice_is_a_no_op_and_revert_restores_bytes(jt_copy):
@@ -102,7 +92,7 @@ def test_fix_twice_is_a_no_op_and_revert_restores_bytes(jt_copy):
     assert [r.state for r in again] == ["already applied"] * len(doctor.PATCHES)
     assert _snapshot(jt_copy) == after_first
     reverted = doctor.revert_patches(jt_copy)
-    assert len(reverted) == 11
+    assert len(reverted) == 6
     assert _snapshot(jt_copy) == before
     assert doctor.revert_patches(jt_copy) == []
 
@@ -145,24 +135,3 @@ def test_cudnn_algorithm_cache_is_widened_where_jittor_has_cudnn():
         pytest.skip("jittor is not installed")
     header = installed / "extern" / "cuda" / "cudnn" / "inc" / "cudnn_wrapper.h"
     assert "@pyjt(set_algorithm_cache_size)" in header.read_text()
-
-
-def test_conv_math_type_is_chosen_where_the_patch_exposes_it(monkeypatch):
-    """With the doctor's cudnn-conv-math patch the backend lets cuDNN convolutions use TF32 (as PyTorch
-    does by default) and leaves matmuls alone; the variable picks another math type; unpatched, it says so."""
-    from types import SimpleNamespace
-
-    from suppresseot.backends.jittor.env import _choose_conv_math
-    from suppresseot.errors import BackendUnavailable
-
-    chosen = []
-    fake_jt = SimpleNamespace(cudnn=SimpleNamespace(set_conv_math_type=chosen.append))
-    monkeypatch.delenv("SUPPRESSEOT_JITTOR_CONV_MATH", raising=False)
-    assert _choose_conv_math(fake_jt) == "tf32" and chosen == [1]  # CUDNN_TENSOR_OP_MATH
-    monkeypatch.setenv("SUPPRESSEOT_JITTOR_CONV_MATH", "FMA")
-    assert _choose_conv_math(fake_jt) == "fma" and chosen == [1, 3]
-    monkeypatch.setenv("SUPPRESSEOT_JITTOR_CONV_MATH", "half")
-    with pytest.raises(BackendUnavailable, match="SUPPRESSEOT_JITTOR_CONV_MATH='half' is not one of tf32, default, fma"):
-        _choose_conv_math(fake_jt)
-    unpatched = SimpleNamespace(cudnn=SimpleNamespace(set_algorithm_cache_size=None))
-    assert "doctor --fix-jittor" in _choose_conv_math(unpatched, "tf32")

@@ -1,7 +1,6 @@
 """``suppress-eot doctor``: diagnose the Jittor install and patch stock jittor 1.3.11 for CUDA 13.
 
-Stock jittor 1.3.11.0 (the latest on PyPI) does not build or run with a CUDA 13 toolkit; one more patch
-(``cudnn-conv-math``) lets the backend choose the math type of cuDNN convolutions on any CUDA. The patches
+Stock jittor 1.3.11.0 (the latest on PyPI) does not build or run with a CUDA 13 toolkit. The patches
 below are small, named text substitutions in the installed jittor package; each one
 
 - checks that the exact original text is there (else it reports "already applied" or "not applicable"),
@@ -214,37 +213,7 @@ CUDNN9 = Patch(
           _CUDNN9_FN),),
 )
 
-# --- (e) the cuDNN math type of jittor's convolutions -----------------------------------------------------------------
-# Stock jittor sets a convolution's math type only under jt.flags.use_tensorcore, which also turns every fp32
-# cuBLAS matmul into TF32. PyTorch (the official code's framework) lets cuDNN convolutions use TF32 while its
-# fp32 matmuls stay exact; this patch lets the Jittor backend choose the same split (JittorBackend sets it).
-_CUDNN_INC, _CUDNN_SRC = "extern/cuda/cudnn/inc/cudnn_wrapper.h", "extern/cuda/cudnn/src/cudnn_wrapper.cc"
-_MATH_SET = ("    if (conv_math_type >= 0)  // suppresseot doctor: jittor.cudnn.set_conv_math_type\n"
-             "        checkCudaErrors( cudnnSetConvolutionMathType(cudnnConvDesc, (cudnnMathType_t)conv_math_type) );\n"
-             "    if(use_tensorcore){\n")
-CONV_MATH = Patch(
-    "cudnn-conv-math",
-    "cuDNN 2-D convolutions (forward, backward data, backward filter) take their cudnnMathType_t from "
-    "jittor.cudnn.set_conv_math_type (default -1: unchanged), so fp32 convolutions can use TF32 as PyTorch's "
-    "do by default without jt.flags.use_tensorcore, which would make fp32 matmuls TF32 too",
-    (
-        Edit(_CUDNN_INC, "EXTERN_LIB float max_workspace_ratio;\n",
-             "EXTERN_LIB float max_workspace_ratio;\nEXTERN_LIB int conv_math_type;\n"),
-        Edit(_CUDNN_INC, "void set_max_workspace_ratio(float64 ratio);\n",
-             "void set_max_workspace_ratio(float64 ratio);\n\n"
-             "// suppresseot doctor: cudnnMathType_t of 2-D convolutions (-1: leave cuDNN's default)\n"
-             "// @pyjt(set_conv_math_type)\nvoid set_conv_math_type(int math_type);\n"),
-        Edit(_CUDNN_SRC, "float max_workspace_ratio = 0.25;\n",
-             "float max_workspace_ratio = 0.25;\nint conv_math_type = -1;\n"),
-        Edit(_CUDNN_SRC, "void set_max_workspace_ratio(float64 ratio) {\n    max_workspace_ratio = ratio;\n}\n",
-             "void set_max_workspace_ratio(float64 ratio) {\n    max_workspace_ratio = ratio;\n}\n\n"
-             "void set_conv_math_type(int math_type) {\n    conv_math_type = math_type;\n}\n"),
-        *(Edit(f"extern/cuda/cudnn/ops/{name}.cc", "    if(use_tensorcore){\n", _MATH_SET)
-          for name in ("cudnn_conv_op", "cudnn_conv_backward_x_op", "cudnn_conv_backward_w_op")),
-    ),
-)
-
-PATCHES: tuple[Patch, ...] = (HELPER_CUDA, CXX17, CUB_MAX, CUB_LANE, CUB_WHERE, CUDNN9, CONV_MATH)
+PATCHES: tuple[Patch, ...] = (HELPER_CUDA, CXX17, CUB_MAX, CUB_LANE, CUB_WHERE, CUDNN9)
 
 
 # --- finding jittor ---------------------------------------------------------------------------------------------------

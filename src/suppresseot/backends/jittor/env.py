@@ -193,7 +193,6 @@ def import_jittor(device: str = "auto"):
     _state["device"] = "cuda" if use_cuda else "cpu"
     if use_cuda:
         _state["cudnn_algorithm_cache"] = _widen_cudnn_algorithm_cache(jt)
-        _state["cudnn_conv_math"] = _choose_conv_math(jt)
     return jt
 
 
@@ -211,28 +210,6 @@ def _widen_cudnn_algorithm_cache(jt, size: int = 10000) -> int | None:
     return size
 
 
-# cudnnMathType_t values (cudnn.h)
-CONV_MATH_TYPES = {"tf32": 1, "default": -1, "fma": 3}  # tf32: CUDNN_TENSOR_OP_MATH; fma: CUDNN_FMA_MATH
-
-
-def _choose_conv_math(jt, mode: str | None = None) -> str:
-    """The cuDNN math type of jittor's convolutions: TF32 allowed, fp32 matmuls left exact (PyTorch's default).
-
-    Stock jittor only sets one with ``jt.flags.use_tensorcore``, which makes fp32 matmuls TF32 as well; the
-    doctor's ``cudnn-conv-math`` patch adds ``jittor.cudnn.set_conv_math_type``. The backend calls that
-    before any convolution runs (jittor caches each shape's algorithm, found under the math type of the
-    day). ``SUPPRESSEOT_JITTOR_CONV_MATH`` = tf32 (default) | default (cuDNN's) | fma (exact fp32).
-    """
-    mode = (mode or os.environ.get("SUPPRESSEOT_JITTOR_CONV_MATH") or "tf32").strip().lower()
-    if mode not in CONV_MATH_TYPES:
-        raise BackendUnavailable(f"SUPPRESSEOT_JITTOR_CONV_MATH={mode!r} is not one of {', '.join(CONV_MATH_TYPES)}")
-    cudnn = getattr(jt, "cudnn", None)
-    if cudnn is None or not hasattr(cudnn, "set_conv_math_type"):
-        return "jittor's default (without the doctor's cudnn-conv-math patch: suppress-eot doctor --fix-jittor)"
-    cudnn.set_conv_math_type(CONV_MATH_TYPES[mode])
-    return mode
-
-
 def jittor_info() -> dict:
     """Versions, flags and the environment defaults this module set, for run logs (never imports jittor)."""
     jt = sys.modules.get("jittor")
@@ -243,7 +220,6 @@ def jittor_info() -> dict:
         "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "import_log": str(_state["log"]) if _state["log"] else None,
         "cudnn_algorithm_cache": _state.get("cudnn_algorithm_cache"),
-        "cudnn_conv_math": _state.get("cudnn_conv_math"),
     }
     if jt is not None and hasattr(jt, "flags"):
         compiler = getattr(jt, "compiler", None)
