@@ -52,3 +52,22 @@ def test_summary_uses_jittors_probe_peak_and_compares_latents(bench):
     cells = dict(zip(head.strip("| ").split(" | "), first.strip("| ").split(" | ")))
     assert cells["jittor peak GiB"] == "5.00" and cells["jittor mem ratio"] == "0.50"
     assert cells["faithful speedup"] == "2.00x" and cells["official peak GiB"] == "10.00"
+
+
+def test_conv_probe_reference_is_a_float64_same_convolution():
+    """benchmarks/probe_conv.py tells TF32 from exact fp32 by its float64 reference: it must be the convolution."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("suppresseot_probe_conv", BENCH.parent / "probe_conv.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(0)
+    for k in (3, 1):
+        x = rng.standard_normal((6, 9, 7)).astype(np.float32)
+        w = rng.standard_normal((4, 6, k, k)).astype(np.float32)
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x)[None].double(), torch.from_numpy(w).double(),
+                                              padding=k // 2)[0].numpy()
+        got = probe.reference(x, w)
+        assert got.shape == (4, 9, 7) and got.dtype == np.float64
+        assert probe.rel(got, expected) < 1e-12
+        assert probe.rel(got.astype(np.float32) + 1e-3, expected) > 1e-5  # and rel() sees a difference
