@@ -287,6 +287,9 @@ def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, n
         # of the per-stage peaks and what the counters hold now
         for key, read in (("allocated", torch.cuda.max_memory_allocated), ("reserved", torch.cuda.max_memory_reserved)):
             peak[key] = max([read()] + [m[key] for m in stage_memory.values() if m and m.get(key) is not None])
+    # per stage too, so a run's table says where its peak is (e.g. which stage to look at for the 0.6x target)
+    stage_peaks = {stage: {k: m.get(k) for k in ("allocated", "reserved")}
+                   for stage, m in stage_memory.items() if m and m.get("allocated") is not None}
     groups: dict = {}
     for stage, seconds in stages.items():
         group = STAGE_GROUPS.get(stage, stage)
@@ -294,7 +297,7 @@ def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, n
     return {"total_s": total, "stages_s": stages, "stage_groups_s": groups, "peak_allocated_bytes": peak["allocated"],
             "peak_reserved_bytes": peak["reserved"], "nvml_peak_used_bytes": trace.peak,
             "nvml_baseline_used_bytes": trace.baseline, "nvml": trace.status,
-            "latents_shape": list(np.shape(latents))}, latents
+            "stage_peak_bytes": stage_peaks, "latents_shape": list(np.shape(latents))}, latents
 
 
 def warm_up(runner, mode: str) -> float:
@@ -377,8 +380,8 @@ def markdown(report: dict) -> str:
               "variables at its allocators' peak, from an untimed run, where --jittor-memory measured it), "
               "Δ = ‖ours − other‖ / ‖other‖ on the final latents (both branches).", "",
               "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB "
-              "| NVML peak used GiB (at start) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| NVML peak used GiB (at start) | largest stage peak allocated GiB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     errors = []
     for impl in impls:
         for mode, r in report["results"][impl].items():
@@ -388,8 +391,17 @@ def markdown(report: dict) -> str:
             g = r["stage_groups_s"]
             lines.append(f"| {impl} | {mode} | {fmt(g.get('inversion'))} | {fmt(g.get('null_text'))} | "
                          f"{fmt(g.get('sampling'))} | {fmt(r['total_s'])} | {fmt(r['peak_reserved_bytes'], scale=GIB)} | "
-                         f"{fmt(r.get('nvml_peak_used_bytes'), scale=GIB)} ({fmt(r.get('nvml_baseline_used_bytes'), scale=GIB)}) |")
+                         f"{fmt(r.get('nvml_peak_used_bytes'), scale=GIB)} ({fmt(r.get('nvml_baseline_used_bytes'), scale=GIB)}) | "
+                         f"{largest_stage(r.get('stage_peak_bytes'))} |")
     return "\n".join(lines + (["", "Not measured:"] + errors if errors else [])) + "\n"
+
+
+def largest_stage(peaks: dict | None) -> str:
+    """'stage GiB' of the stage whose peak allocated memory is the run's largest, else '–'."""
+    if not peaks:
+        return "–"
+    stage = max(peaks, key=lambda k: peaks[k]["allocated"])
+    return f"{stage} {fmt(peaks[stage]['allocated'], scale=GIB)}"
 
 
 def environment(args) -> dict:

@@ -71,3 +71,28 @@ def test_conv_probe_reference_is_a_float64_same_convolution():
         assert got.shape == (4, 9, 7) and got.dtype == np.float64
         assert probe.rel(got, expected) < 1e-12
         assert probe.rel(got.astype(np.float32) + 1e-3, expected) > 1e-5  # and rel() sees a difference
+
+
+def test_measure_keeps_each_stages_peak(bench):
+    """bench.json says which stage holds a run's peak memory, not only the whole run's."""
+    gib = GIB
+
+    class Runner:
+        measures_torch_memory = True
+
+        def run(self, mode, steps, null_text_steps):
+            stages = {"ddim_inversion": 0.1, "swr_ito_sampling": 0.2}
+            memory = {"ddim_inversion": {"allocated": 4 * gib, "reserved": 5 * gib},
+                      "swr_ito_sampling": {"allocated": 6 * gib, "reserved": 7 * gib}, "vae_decode": {}}
+            return stages, np.zeros((2, 4, 8, 8)), memory
+
+    result, latents = bench.measure(Runner(), "real_npi", bench.Settings(), "cpu")
+    assert result["stage_peak_bytes"] == {"ddim_inversion": {"allocated": 4 * gib, "reserved": 5 * gib},
+                                          "swr_ito_sampling": {"allocated": 6 * gib, "reserved": 7 * gib}}
+    assert result["stage_groups_s"] == {"inversion": 0.1, "sampling": 0.2} and latents.shape == (2, 4, 8, 8)
+    # the per-stage table names that stage and its peak
+    report = {"results": {"faithful": {"real_npi": result}}, "summary": {}, "device": "test",
+              "settings": {"steps": 50, "null_text_steps": 10}}
+    rows = [line for line in bench.markdown(report).splitlines() if line.startswith("| faithful | real_npi")]
+    assert rows and rows[0].rstrip(" |").endswith("swr_ito_sampling 6.00")
+    assert bench.largest_stage({}) == "–"
