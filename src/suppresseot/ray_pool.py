@@ -216,7 +216,8 @@ class WorkerPool:
     def run(self, jobs: list, submit, on_result, on_lost, on_submit=None) -> list:
         """Feed every job to the first free worker: ``submit(actor, job)`` returns its ObjectRef (or None: nothing to run),
         ``on_result(job, value, worker)`` takes what came back, ``on_lost(job, why)`` a job given up (its worker
-        died ``max_retries + 1`` times, or the call itself failed). Returns the jobs left when no worker is."""
+        died ``max_retries + 1`` times, or the call itself failed), ``on_submit(worker_info, job)`` is told of each
+        hand-over. Returns the jobs left when no worker is."""
         from ray.exceptions import RayActorError, RayError
 
         ray = self.ray
@@ -234,7 +235,7 @@ class WorkerPool:
                     continue
                 running[ref] = (i, job, tries)
                 if on_submit is not None:
-                    on_submit(i, job)
+                    on_submit(self.info[i], job)
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1)

@@ -155,29 +155,39 @@ def score_runs(runs: list[Run], scorer: CLIPScorer, detector=None, threshold: fl
     """
     rows = []
     for number, run in enumerate(runs, 1):
-        kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
-        row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
-               "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
-               "suppressed_words": words, "kept_prompt": kept}
-        original, suppressed = _load(run.file("original.png")), _load(run.file("suppressed.png"))
-        if original is None or suppressed is None:
-            row["note"] = "original.png or suppressed.png missing"
-        else:
-            (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
-            row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
-                       original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
-            if detector is not None:
-                from .detect import detected, detector_query
-
-                query = detector_query(run, words)
-                before, after = detector.best_scores([original, suppressed], query)
-                row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
-                           original_detected=int(detected(before, threshold)),
-                           suppressed_detected=int(detected(after, threshold)))
-        rows.append(row)
+        rows.append(score_run(run, *load_pair(run), scorer, detector, threshold))
         if progress is not None:
             progress(number, len(runs), run)
     return rows
+
+
+def load_pair(run: Run) -> tuple[Image.Image | None, Image.Image | None]:
+    """A run's original-branch and suppressed images (None where missing)."""
+    return _load(run.file("original.png")), _load(run.file("suppressed.png"))
+
+
+def score_run(run: Run, original: Image.Image | None, suppressed: Image.Image | None, scorer: CLIPScorer,
+              detector=None, threshold: float = 0.1) -> dict:
+    """One run's row from its two images (loaded by the caller: a Ray worker gets them from the driver)."""
+    kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
+    row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
+           "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
+           "suppressed_words": words, "kept_prompt": kept}
+    if original is None or suppressed is None:
+        row["note"] = "original.png or suppressed.png missing"
+        return row
+    (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
+    row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
+               original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
+    if detector is not None:
+        from .detect import detected, detector_query
+
+        query = detector_query(run, words)
+        before, after = detector.best_scores([original, suppressed], query)
+        row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
+                   original_detected=int(detected(before, threshold)),
+                   suppressed_detected=int(detected(after, threshold)))
+    return row
 
 
 def summarise(rows: list[dict]) -> list[dict]:

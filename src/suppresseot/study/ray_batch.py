@@ -75,7 +75,7 @@ def run_batch_ray(manifest: Manifest, tasks: list[Task], load_model, backend: st
                   options: BatchOptions, ray_options: RayOptions, device: str = "auto", progress: bool = True,
                   debug: bool = False, extra: dict | None = None, on_submit=None) -> int:
     """``run_batch`` on Ray workers; ``load_model()`` runs in each worker (it is pickled to them).
-    ``on_submit(worker, group)`` is called after each group is handed to a worker."""
+    ``on_submit(worker_info, group)`` is called after each group is handed to a worker (its pid, node, GPUs)."""
     pending = start_batch(manifest, tasks, backend, out_dir)
     failed = 0
     if not pending:
