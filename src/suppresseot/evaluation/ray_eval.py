@@ -63,7 +63,10 @@ def score_runs_ray(runs: list[Run], clip_model: str, detector_model: str | None,
             if progress is not None:
                 progress(min(chunk, len(runs) - start))
 
-        left = pool.run(starts, submit, on_result, on_lost)
+        try:
+            left = pool.run(starts, submit, on_result, on_lost)
+        finally:
+            pool.close()
         for start in left:
             on_lost(start, "no Ray worker left")
     return rows

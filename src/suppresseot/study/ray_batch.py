@@ -76,15 +76,16 @@ def run_batch_ray(manifest: Manifest, tasks: list[Task], load_model, backend: st
                   debug: bool = False, extra: dict | None = None, on_submit=None) -> int:
     """``run_batch`` on Ray workers; ``load_model()`` runs in each worker (it is pickled to them).
     ``on_submit(worker_info, group)`` is called after each group is handed to a worker (its pid, node, GPUs)."""
-    pending = start_batch(manifest, tasks, backend, out_dir)
     failed = 0
-    if not pending:
+    if all(is_finished(out_dir, run_name(t.id, backend)) for t in tasks):  # no need for Ray
+        start_batch(manifest, tasks, backend, out_dir)
         return finish_batch(tasks, backend, out_dir, failed)
     by_id = {task.id: task for task in tasks}
     extra = batch_extra(manifest, backend, options, extra)
     with RaySession(ray_options, num_cpus=None if ray_options.workers is None
                     else ray_options.workers * ray_options.cpus_per_worker) as ray:
-        count, gpus, cpus = plan_workers(ray, ray_options, device)
+        count, gpus, cpus = plan_workers(ray, ray_options, device)  # before anything is written
+        pending = start_batch(manifest, tasks, backend, out_dir)
         _note(f"Ray: {count} worker(s), {gpus:g} GPU and {cpus:g} CPU each, on "
               f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
         pool = WorkerPool(ray, BatchWorker, (load_model, manifest, options), count, gpus, cpus, ray_options)
@@ -158,6 +159,7 @@ def run_batch_ray(manifest: Manifest, tasks: list[Task], load_model, backend: st
             left = pool.run(groups, submit, on_result, on_lost, on_submit)
         finally:
             bar.close()
+            pool.close()  # frees the GPUs at once where the Ray session outlives the batch
         if left:
             _note(f"no Ray worker left: {sum(len(g) for g in left)} task(s) not run (rerun to resume)")
         write_reports(out_dir, manifest, backend)
