@@ -189,8 +189,9 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):  # Ray's text ends with the original "Type: message" line
-        if "Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]:
-            return line
+        kind = line.split(":", 1)[0]
+        if "Error" in kind or "Exception" in kind:
+            return line.split(": ", 1)[1] if kind.endswith("SuppressEOTError") else line  # ours: the message
     return lines[0] if lines else type(exc).__name__
 
 
