@@ -215,8 +215,8 @@ class WorkerPool:
         self.deaths = [0] * count
 
     def run(self, jobs: list, submit, on_result, on_lost, on_submit=None) -> list:
-        """Feed every job to the first free worker: ``submit(actor, job)`` returns its ObjectRef (or None: nothing to run),
-        ``on_result(job, value, worker)`` takes what came back, ``on_lost(job, why)`` a job given up (its worker
+        """Feed every job to the first free worker: ``submit(actor, job)`` returns its ObjectRef (or None: nothing
+        to run), ``on_result(job, value, worker)`` takes what came back, ``on_lost(job, why)`` a job given up (its worker
         died ``max_retries + 1`` times, or the call itself failed), ``on_submit(worker_info, job)`` is told of each
         hand-over. Returns the jobs left when no worker is."""
         from ray.exceptions import RayActorError, RayError

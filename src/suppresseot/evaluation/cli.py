@@ -92,10 +92,14 @@ def cmd_eval(args) -> int:
     csv_path = Path(args.out) if args.out else Path(args.results) / "clipscores.csv"
     md_path = csv_path.with_suffix(".md")
     check_writable(csv_path.parent)  # before loading any model
-    bar = tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)
+
+    def progress_bar():  # after the models load: a load error stays one line
+        return tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)
+
     if ray is not None:
         from .ray_eval import score_runs_ray
 
+        bar = progress_bar()
         try:
             rows = score_runs_ray(runs, args.clip_model, args.detector, args.device, args.detector_threshold, ray,
                                   progress=bar.update)
@@ -109,6 +113,7 @@ def cmd_eval(args) -> int:
             from .detect import Detector
 
             detector = Detector(args.detector, device=args.device)
+        bar = progress_bar()
         rows = score_runs(runs, scorer, detector, args.detector_threshold, progress=lambda *_: bar.update())
         bar.close()
         names = scorer.name, detector.name if detector else None
