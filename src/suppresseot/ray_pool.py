@@ -130,8 +130,9 @@ class RaySession:
         if not ray.is_initialized():
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
             if self.options.local:
-                kwargs.update(address="local", _node_ip_address=LOOPBACK, include_dashboard=self.options.dashboard,
-                              dashboard_host=LOOPBACK)
+                # include_dashboard None: the dashboard where ray[default] is installed, none with plain ray
+                kwargs.update(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
+                              include_dashboard=None if self.options.dashboard else False)
                 if self.num_cpus is not None:
                     kwargs["num_cpus"] = max(self.num_cpus, os.cpu_count() or 1)
             else:
@@ -216,9 +217,9 @@ class WorkerPool:
 
     def run(self, jobs: list, submit, on_result, on_lost, on_submit=None) -> list:
         """Feed every job to the first free worker: ``submit(actor, job)`` returns its ObjectRef (or None: nothing
-        to run), ``on_result(job, value, worker)`` takes what came back, ``on_lost(job, why)`` a job given up (its worker
-        died ``max_retries + 1`` times, or the call itself failed), ``on_submit(worker_info, job)`` is told of each
-        hand-over. Returns the jobs left when no worker is."""
+        to run), ``on_result(job, value, worker)`` takes what came back, ``on_lost(job, why)`` a job given up (its
+        worker died ``max_retries + 1`` times, or the call itself failed), ``on_submit(worker_info, job)`` is told
+        of each hand-over. Returns the jobs left when no worker is."""
         from ray.exceptions import RayActorError, RayError
 
         ray = self.ray
