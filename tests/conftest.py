@@ -9,6 +9,9 @@ from pathlib import Path
 # (2 cores: 10 minutes against 17 for one process with two threads). Set before torch or jittor start.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tests build their models locally and must never wait for the hub (CI and users' test runs alike).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
