@@ -12,6 +12,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The tests build their models locally and must never wait for the hub (CI and users' test runs alike).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tests/test_ray.py starts its own Ray on 127.0.0.1: never join a cluster named in the environment.
+os.environ.pop("RAY_ADDRESS", None)
 
 import pytest  # noqa: E402
 
