@@ -22,8 +22,9 @@ from .errors import SuppressEOTError
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 COMPONENTS = ("text_encoder", "unet", "vae", "tokenizer")
-WEIGHTS = {"text_encoder": "model", "text_encoder_2": "model", "unet": "diffusion_pytorch_model",
-           "vae": "diffusion_pytorch_model"}  # component -> weight file stem
+# component -> weight file stem of each format (transformers and diffusers name their .bin files differently)
+WEIGHTS = {c: {"safetensors": "model", "bin": "pytorch_model"} for c in ("text_encoder", "text_encoder_2")} | {
+    c: dict.fromkeys(("safetensors", "bin"), "diffusion_pytorch_model") for c in ("unet", "vae")}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 CONFIGS = Path(__file__).parent / "data" / "model-configs"
 TOKENIZER = Path(__file__).parent / "data" / "clip-tokenizer"
@@ -35,7 +36,7 @@ def hub_patterns(ext: str = "safetensors", variant: str | None = None) -> list[s
     """The files of a hub repo that SuppressEOT needs, with weights of one format (and variant)."""
     tag = f".{variant}" if variant else ""
     return ["model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*"] + [
-        p for c, stem in WEIGHTS.items() for p in (f"{c}/config.json", f"{c}/{stem}{tag}.{ext}")]
+        p for c, stems in WEIGHTS.items() for p in (f"{c}/config.json", f"{c}/{stems[ext]}{tag}.{ext}")]
 
 
 HUB_PATTERNS = hub_patterns()
@@ -108,11 +109,11 @@ def weight_files(path: Path, variant: str | None = None) -> dict[str, Path | Non
     """Each weighted component's file in a diffusers folder: safetensors first, else ``.bin``."""
     tag = f".{variant}" if variant else ""
     found = {}
-    for component, stem in WEIGHTS.items():
+    for component, stems in WEIGHTS.items():
         if component == "text_encoder_2" and not (path / component).is_dir():
             continue
-        found[component] = next((path / component / f"{stem}{tag}.{ext}" for ext in ("safetensors", "bin")
-                                 if (path / component / f"{stem}{tag}.{ext}").is_file()), None)
+        files = [path / component / f"{stem}{tag}.{ext}" for ext, stem in stems.items()]
+        found[component] = next((f for f in files if f.is_file()), None)
     return found
 
 
@@ -147,7 +148,7 @@ def resolve_model(model: str | os.PathLike, lora=(), variant: str | None = None,
                                    f"single-file checkpoint, a diffusers folder or a hub id")
         config_dir, config_name = _config_folder(path, config)
         key = f"{file_sha256(path)[:20]}-{config_name}"
-        build = lambda: _from_single_file(path, config_dir)  # noqa: E731
+        build, layout = (lambda: _from_single_file(path, config_dir)), config_dir
     else:
         if path.is_dir():
             folder = check_model_folder(path)
@@ -168,18 +169,20 @@ def resolve_model(model: str | os.PathLike, lora=(), variant: str | None = None,
             return folder  # already what both backends read
         key = hashlib.sha256(json.dumps(sorted((c, file_sha256(f)) for c, f in files.items())).encode()
                              ).hexdigest()[:20] + f"-{variant or 'folder'}"
-        build = lambda: _from_folder(folder, variant)  # noqa: E731
+        build, layout = (lambda: _from_folder(folder, variant)), folder
     if loras:
         key += "-lora-" + hashlib.sha256(json.dumps(
             [(file_sha256(item.path), item.scale) for item in loras]).encode()).hexdigest()[:20]
-    return _cached(key, model, build, loras)
+    return _cached(key, model, build, loras, _pipeline_class(layout))
 
 
-def _cached(key: str, model: str, build, loras: list[LoRA]) -> Path:
+def _cached(key: str, model: str, build, loras: list[LoRA], pipeline_class) -> Path:
     """The converted folder ``key`` in the cache, built (with the LoRAs fused) unless there already."""
     final = cache_dir() / "models" / key
     if final.is_dir():
         return final
+    for item in loras:  # before the long part: a file that is no LoRA at all fails at once
+        _read_lora(pipeline_class, item)
     what = f" with {len(loras)} LoRA{'s' * (len(loras) != 1)}" if loras else ""
     print(f"converting {model}{what} into a diffusers folder (once): {final}", file=sys.stderr, flush=True)
     try:
@@ -211,7 +214,7 @@ class _quiet:
         from diffusers.utils import logging as dl
         from transformers.utils import logging as tl
 
-        self.state = [(m, m.get_verbosity(), m.are_progress_bars_enabled()) for m in (dl, tl)]
+        self.state = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dl, tl)]
         for m, _, _ in self.state:
             m.set_verbosity_error()
             m.disable_progress_bar()
@@ -282,7 +285,11 @@ def _staged_config(config_dir: Path, into: Path) -> Path:
 
 
 def _pipeline_class(folder: Path):
-    import diffusers
+    try:
+        import diffusers
+    except ImportError as exc:
+        raise SuppressEOTError("converting this model needs diffusers: pip install 'suppresseot[torch]' (once; "
+                               "the converted folder then serves the Jittor backend too)") from exc
 
     name = json.loads((folder / "model_index.json").read_text())["_class_name"]
     return getattr(diffusers, name)
@@ -316,13 +323,29 @@ def _from_folder(folder: Path, variant: str | None):
         raise SuppressEOTError(f"cannot load the weights in {folder} ({_reason(exc)})") from exc
 
 
+def _lora_error(lora: LoRA, reason: str) -> SuppressEOTError:
+    return SuppressEOTError(f"cannot load LoRA {lora.path} ({reason}); give a LoRA in the diffusers/PEFT or "
+                            f"kohya format made for this model's family")
+
+
+def _read_lora(pipeline_class, lora: LoRA) -> None:
+    """Parse the file as diffusers does (any supported format); diffusers' rule: every name says 'lora'."""
+    try:
+        with _quiet():
+            state = pipeline_class.lora_state_dict(str(lora.path))
+        state = state[0] if isinstance(state, tuple) else state
+    except Exception as exc:
+        raise _lora_error(lora, _reason(exc)) from exc
+    if not state or not all("lora" in name for name in state):
+        raise _lora_error(lora, "its tensors are not named as LoRA weights")
+
+
 def _fuse(pipe, lora: LoRA, name: str) -> None:
     """Fuse one LoRA into the pipeline's weights with diffusers (diffusers/PEFT and kohya formats)."""
     try:
         pipe.load_lora_weights(str(lora.path), adapter_name=name)
     except Exception as exc:
-        raise SuppressEOTError(f"cannot load LoRA {lora.path} ({_reason(exc)}); give a LoRA in the diffusers/"
-                               f"PEFT or kohya format made for this model's family") from exc
+        raise _lora_error(lora, _reason(exc)) from exc
     if not any(name in names for names in pipe.get_list_adapters().values()):
         raise SuppressEOTError(f"LoRA {lora.path} matches no layer of this model: is it for another family?")
     pipe.fuse_lora(components=[c for c in pipe._lora_loadable_modules if getattr(pipe, c, None) is not None],
