@@ -21,8 +21,7 @@ pytest.importorskip("peft")
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 PROMPT = "A man with a beard wearing glasses and a hat in blue shirt"
-FAST = ["--steps", "2", "--iterations", "1", "--max-step-to-erase", "2", "--tau", "1.0", "--no-progress",
-        "--suppress-tokens", "7"]
+FAST = ["--steps", "1", "--iterations", "1", "--tau", "1.0", "--no-progress", "--suppress-tokens", "7"]
 MODELS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 
 
@@ -250,3 +249,23 @@ def test_bad_files_are_one_line_and_write_nothing(tmp_path, capsys, small_model_
     assert code == 2 and len(err) == 2 and err[0].startswith("converting") and "cannot load LoRA" in err[1], err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert not (cache / "models").exists() or not any((cache / "models").iterdir())
+
+
+def test_batch_manifest_names_models_and_loras(tmp_path, small_model_dir, pipe, ldm_state, cache):
+    """The batch's model is a checkpoint next to the manifest; one task adds a LoRA: two models."""
+    save_file(ldm_state, tmp_path / "model.safetensors")
+    save_file(peft_lora(pipe, 1), tmp_path / "style.safetensors")
+    task = {"type": "generated", "prompt": "a cat sitting on a red car", "token_group": [6], "tau": 1.0}
+    (tmp_path / "tiny.json").write_text(json.dumps({"name": "tiny", "model": "model.safetensors", "tasks": [
+        {"id": "plain", **task}, {"id": "styled", **task, "loras": [["style.safetensors", 0.5]]}]}))
+    argv = ["batch", str(tmp_path / "tiny.json"), "--model-config", str(small_model_dir), "--out",
+            str(tmp_path / "out"), "--steps", "1", "--iterations", "1", "--no-progress"]
+    assert main(argv) == 0
+    records = {name: json.loads((tmp_path / "out" / f"{name}--torch" / "run.json").read_text())
+               for name in ("plain", "styled")}
+    assert {r["model"] for r in records.values()} == {str(tmp_path / "model.safetensors")}
+    assert [r["loras"] for r in records.values()] == [[], [{
+        "file": "style.safetensors", "sha256": weights.file_sha256(tmp_path / "style.safetensors"), "scale": 0.5}]]
+    assert len(list((cache / "models").iterdir())) == 2  # the checkpoint's folder, and it with the LoRA fused
+    latents = {name: np.load(tmp_path / "out" / f"{name}--torch" / "final_latents.npy") for name in records}
+    assert not np.allclose(latents["plain"], latents["styled"])

@@ -377,7 +377,8 @@ def _run_together(model, group, manifest, options, out_dir, backend, device, ext
 
 def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, out_dir: Path,
               options: BatchOptions, progress: bool = True, debug: bool = False, extra: dict | None = None) -> int:
-    """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run.
+    """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run (once per
+    model and LoRA set where the manifest names them: ``load_model(model, loras)``).
 
     Returns 0 when every selected task is finished, 1 when some failed (listed in failures.csv).
     """
@@ -391,27 +392,32 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
         _note(f"{len(done)} of {len(tasks)} tasks already finished in {out_dir}: skipping them")
     write_reports(out_dir, manifest, backend)
     failed = 0
+    by_model: dict[tuple, list[Task]] = {}  # tasks of one model and LoRA set: the model loads once
+    for task in pending:
+        by_model.setdefault(manifest.model_of(task), []).append(task)
     if pending:
-        model = load_model()
-        info = model.backend.info()
-        device = str(getattr(model.backend, "device", None) or info.get("device", ""))
         extra = {**(extra or {}), "batch": {"manifest": str(manifest.path), "backend": backend,
                                             "options": asdict(options)}}
         bar = tqdm(total=len(tasks), initial=len(done), desc=f"{manifest.name} [{backend}]", unit="task",
                    disable=not progress, dynamic_ncols=True, file=sys.stderr)
         try:
-            for group in make_groups(pending, options):
-                if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
-                                                    extra, bar):
-                    continue
-                for task in group:
-                    if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
-                        bar.update(1)
+            for spec, model_tasks in by_model.items():
+                model = None  # the previous model is freed before the next loads
+                model = load_model() if spec == (None, None) else load_model(*spec)  # (model, loras): a task's own
+                info = model.backend.info()
+                device = str(getattr(model.backend, "device", None) or info.get("device", ""))
+                for group in make_groups(model_tasks, options):
+                    if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
+                                                        extra, bar):
                         continue
-                    failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
-                    write_reports(out_dir, manifest, backend)
-                    bar.update(1)
-                    model.backend.release_cache()
+                    for task in group:
+                        if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
+                            bar.update(1)
+                            continue
+                        failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
+                        write_reports(out_dir, manifest, backend)
+                        bar.update(1)
+                        model.backend.release_cache()
         finally:
             bar.close()
     finished = sum(is_finished(out_dir, run_name(t.id, backend)) for t in tasks)

@@ -173,14 +173,18 @@ def cmd_batch(args) -> int:
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
                            inversion=args.inversion, group_size=args.group_size)
 
-    def load_model():
+    def load_model(model=None, loras=None):
+        """The command line's model and LoRAs, or those a manifest names."""
         from ..api import SuppressEOT
+        from ..cli import loras_of
 
-        return SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                           fast=args.fast, cuda_graphs=args.cuda_graphs,
+        return SuppressEOT.from_pretrained(model or args.model, backend=args.backend, device=args.device,
+                                           dtype=args.dtype, fast=args.fast, cuda_graphs=args.cuda_graphs,
                                            offload_models=args.offload_models,
                                            fused_attention=args.fused_attention, compile_unet=args.compile,
-                                           progress=not args.no_progress)
+                                           progress=not args.no_progress,
+                                           lora=loras_of(args) if loras is None else loras,
+                                           variant=args.variant, config=args.model_config)
 
     command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
     return run_batch(manifest, tasks, load_model, args.backend, out, options, progress=not args.no_progress,
