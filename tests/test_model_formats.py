@@ -115,20 +115,6 @@ def test_single_file_gives_the_folder_weights(tmp_path, small_model_dir, pipe, l
     assert ids[0] == ids[1]
 
 
-def test_single_file_cli_run_matches_the_folder(tmp_path, small_model_dir, ldm_state, cache):
-    """The same generate run from the diffusers folder and from its single-file checkpoint, offline."""
-    save_file(ldm_state, tmp_path / "model.safetensors")
-    runs = {}
-    for name, model in (("folder", [str(small_model_dir)]),
-                        ("file", [str(tmp_path / "model.safetensors"), "--model-config", str(small_model_dir)])):
-        assert main(["generate", PROMPT, "--model", *model, "--out", str(tmp_path / name), *FAST]) == 0
-        (run,) = (tmp_path / name).iterdir()
-        runs[name] = run
-    a, b = (np.load(runs[n] / "final_latents.npy") for n in ("folder", "file"))
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-    assert json.loads((runs["file"] / "run.json").read_text())["model"] == str(tmp_path / "model.safetensors")
-
-
 def test_bin_only_and_fp16_folders(tmp_path, pipe):
     pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)
     # transformers 5 writes safetensors regardless: give the text encoder a .bin as older releases wrote it
@@ -252,20 +238,23 @@ def test_bad_files_are_one_line_and_write_nothing(tmp_path, capsys, small_model_
 
 
 def test_batch_manifest_names_models_and_loras(tmp_path, small_model_dir, pipe, ldm_state, cache):
-    """The batch's model is a checkpoint next to the manifest; one task adds a LoRA: two models."""
+    """The batch's model is a checkpoint next to the manifest; one task adds a LoRA, one runs the diffusers folder
+    the checkpoint came from (same outputs, offline): three models, each loaded once."""
     save_file(ldm_state, tmp_path / "model.safetensors")
     save_file(peft_lora(pipe, 1), tmp_path / "style.safetensors")
     task = {"type": "generated", "prompt": "a cat sitting on a red car", "token_group": [6], "tau": 1.0}
     (tmp_path / "tiny.json").write_text(json.dumps({"name": "tiny", "model": "model.safetensors", "tasks": [
-        {"id": "plain", **task}, {"id": "styled", **task, "loras": [["style.safetensors", 0.5]]}]}))
+        {"id": "plain", **task}, {"id": "styled", **task, "loras": [["style.safetensors", 0.5]]},
+        {"id": "folder", **task, "model": str(small_model_dir)}]}))
     argv = ["batch", str(tmp_path / "tiny.json"), "--model-config", str(small_model_dir), "--out",
             str(tmp_path / "out"), "--steps", "1", "--iterations", "1", "--no-progress"]
     assert main(argv) == 0
     records = {name: json.loads((tmp_path / "out" / f"{name}--torch" / "run.json").read_text())
-               for name in ("plain", "styled")}
-    assert {r["model"] for r in records.values()} == {str(tmp_path / "model.safetensors")}
+               for name in ("plain", "styled", "folder")}
+    assert [r["model"] for r in records.values()] == [str(tmp_path / "model.safetensors")] * 2 + [str(small_model_dir)]
     assert [r["loras"] for r in records.values()] == [[], [{
-        "file": "style.safetensors", "sha256": weights.file_sha256(tmp_path / "style.safetensors"), "scale": 0.5}]]
+        "file": "style.safetensors", "sha256": weights.file_sha256(tmp_path / "style.safetensors"), "scale": 0.5}], []]
     assert len(list((cache / "models").iterdir())) == 2  # the checkpoint's folder, and it with the LoRA fused
     latents = {name: np.load(tmp_path / "out" / f"{name}--torch" / "final_latents.npy") for name in records}
+    np.testing.assert_allclose(latents["plain"], latents["folder"], atol=1e-6, rtol=0)
     assert not np.allclose(latents["plain"], latents["styled"])
