@@ -292,7 +292,8 @@ def _pipeline_class(folder: Path):
                                "the converted folder then serves the Jittor backend too)") from exc
 
     name = json.loads((folder / "model_index.json").read_text())["_class_name"]
-    return getattr(diffusers, name)
+    with _quiet():  # importing the pipelines imports transformers' image processors, which warn
+        return getattr(diffusers, name)
 
 
 def _from_single_file(path: Path, config_dir: Path):
