@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,8 @@ class LoRA:
         if isinstance(item, LoRA):
             return item
         path, scale = (item, 1.0) if isinstance(item, (str, os.PathLike)) else item
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise SuppressEOTError(f"LoRA scale {scale!r} of {path} is not a finite number")
         path = Path(path).expanduser()
         if not path.is_file():
             raise SuppressEOTError(f"LoRA file {path} does not exist: give the path of a .safetensors LoRA file")
@@ -140,14 +144,20 @@ def resolve_model(model: str | os.PathLike, lora=(), variant: str | None = None,
     float32); ``lora``: files or ``(file, scale)`` pairs fused in; ``config``: the diffusers config folder
     (or shipped name: sd1, sd2, sd2-base, sdxl) for a single-file checkpoint, default from its keys."""
     loras = [LoRA.of(item) for item in lora or ()]
+    suffix = "-lora-" + hashlib.sha256(json.dumps([(file_sha256(item.path), item.scale) for item in loras]).encode()
+                                       ).hexdigest()[:20] if loras else ""
     model = str(model)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise SuppressEOTError(f"{path} is not a checkpoint file: --model takes a .safetensors or .ckpt "
                                    f"single-file checkpoint, a diffusers folder or a hub id")
+        digest = file_sha256(path)[:20]
+        done = [cache_dir() / "models" / f"{digest}-{name}{suffix}" for name in FAMILY_CONFIGS.values()]
+        if config is None and any(folder.is_dir() for folder in done):  # converted before: no need to read it
+            return next(folder for folder in done if folder.is_dir())
         config_dir, config_name = _config_folder(path, config)
-        key = f"{file_sha256(path)[:20]}-{config_name}"
+        key = f"{digest}-{config_name}"
         build, layout = (lambda: _from_single_file(path, config_dir)), config_dir
     else:
         if path.is_dir():
@@ -170,10 +180,7 @@ def resolve_model(model: str | os.PathLike, lora=(), variant: str | None = None,
         key = hashlib.sha256(json.dumps(sorted((c, file_sha256(f)) for c, f in files.items())).encode()
                              ).hexdigest()[:20] + f"-{variant or 'folder'}"
         build, layout = (lambda: _from_folder(folder, variant)), folder
-    if loras:
-        key += "-lora-" + hashlib.sha256(json.dumps(
-            [(file_sha256(item.path), item.scale) for item in loras]).encode()).hexdigest()[:20]
-    return _cached(key, model, build, loras, _pipeline_class(layout))
+    return _cached(key + suffix, model, build, loras, _pipeline_class(layout))
 
 
 def _cached(key: str, model: str, build, loras: list[LoRA], pipeline_class) -> Path:
@@ -216,10 +223,14 @@ class _quiet:
 
         self.state = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dl, tl)]
         for m, _, _ in self.state:
-            m.set_verbosity_error()
+            m.set_verbosity(50)  # CRITICAL: diffusers logs a missing safetensors beside a .bin as an error
             m.disable_progress_bar()
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.simplefilter("ignore")
 
     def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
         for m, level, bars in self.state:
             m.set_verbosity(level)
             if bars:
@@ -240,6 +251,7 @@ def _config_folder(path: Path, config) -> tuple[Path, str]:
         if not (folder / "model_index.json").is_file():
             raise SuppressEOTError(f"model config {config} is neither a diffusers folder (with model_index.json) "
                                    f"nor one of {', '.join(sorted(p.name for p in CONFIGS.iterdir()))}")
+        checkpoint_family(path)  # still a Stable Diffusion checkpoint, whole and readable
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.glob("*/*.json")))).hexdigest()
         return folder, f"{folder.name}-{digest[:8]}"
     name = FAMILY_CONFIGS[checkpoint_family(path)]
@@ -276,7 +288,7 @@ def checkpoint_family(path: Path) -> str:
 
 def _staged_config(config_dir: Path, into: Path) -> Path:
     """A copy of ``config_dir`` with the shipped CLIP vocabulary in each tokenizer folder lacking one."""
-    shutil.copytree(config_dir, into)
+    shutil.copytree(config_dir, into, ignore=shutil.ignore_patterns(*(f"*{s}" for s in SINGLE_FILE_SUFFIXES), "*.bin"))
     for tokenizer in into.glob("tokenizer*"):
         for name in ("vocab.json", "merges.txt"):
             if not (tokenizer / name).exists():
