@@ -21,7 +21,7 @@ from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, S
 from .errors import SuppressEOTError
 from .images import center_crop, load_square
 from .tokens import TokenTable, Tokenizer, resolve_groups, token_table
-from .weights import DEFAULT_MODEL, resolve_model
+from .weights import DEFAULT_MODEL, LoRA, resolve_model
 
 BACKENDS = ("torch", "jittor")
 
@@ -96,6 +96,7 @@ class SuppressionResult:
     memory: dict = field(default_factory=dict)
     backend_info: dict = field(default_factory=dict)
     model: str = ""
+    loras: list = field(default_factory=list)  # {"file", "sha256", "scale"} of each LoRA fused into the model
     group_size: int = 1  # tasks run together (their seconds and memory are the group's)
 
     def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
@@ -147,18 +148,24 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
 class SuppressEOT:
     """A loaded Stable Diffusion v1 model on one backend, ready to suppress content."""
 
-    def __init__(self, backend, tokenizer: Tokenizer, model: str = "", progress: bool = True):
+    def __init__(self, backend, tokenizer: Tokenizer, model: str = "", progress: bool = True,
+                 loras: list | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.model = model
         self.progress = progress
+        self.loras = list(loras or [])  # records of the LoRAs fused into the weights (run.json keeps them)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
                         dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
                         offload_models: bool | None = None, fused_attention: bool | None = None,
-                        compile_unet: bool | None = None, progress: bool = True) -> "SuppressEOT":
-        """Load a model; ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
+                        compile_unet: bool | None = None, progress: bool = True, lora=None,
+                        variant: str | None = None, config: str | os.PathLike | None = None) -> "SuppressEOT":
+        """Load a model: a diffusers folder, a hub id or a single-file checkpoint (``.safetensors``/``.ckpt``;
+        ``config``: its diffusers config folder or a shipped name, default chosen from its keys); ``lora``: LoRA
+        files or ``(file, scale)`` pairs fused into the weights; ``variant``: e.g. ``"fp16"`` weights, upcast
+        (see ``weights.resolve_model``). ``fast`` trades exactness for speed (bf16 weights, TF32, fused attention, CUDA
         graphs). ``cuda_graphs`` (PyTorch on a GPU): replay the repeated steps as CUDA graphs (same results;
         default None = on wherever there is a GPU; False for plain eager runs). ``offload_models`` (PyTorch on a
         GPU): keep the text encoder and VAE in CPU memory between uses (default None = on; False keeps them on
@@ -168,11 +175,13 @@ class SuppressEOT:
         record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
-        model_dir = resolve_model(model)
+        loras = [LoRA.of(item) for item in lora or ()]
+        model_dir = resolve_model(model, loras, variant, config)
         tokenizer = Tokenizer.from_pretrained(model_dir)
         return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs=cuda_graphs,
                                 offload_models=offload_models, fused_attention=fused_attention,
-                                compile_unet=compile_unet), tokenizer, str(model), progress)
+                                compile_unet=compile_unet), tokenizer, str(model), progress,
+                   [item.record() for item in loras])
 
     # --- helpers ------------------------------------------------------------------------------
     def tokens(self, prompt: str) -> TokenTable:
@@ -349,5 +358,5 @@ class SuppressEOT:
             sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
             self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
             seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model,
-            group_size=k)
+            loras=self.loras, group_size=k)
             for prompt, (table, group), out, pair in zip(prompts, groups, outs, images)]

@@ -49,14 +49,39 @@ def _finite(text: str) -> float:
     return value
 
 
+class _LoraScale(argparse.Action):
+    """``--lora-scale S`` sets the scale of the ``--lora`` just before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if not namespace.lora or namespace.lora[-1][1] is not None:
+            parser.error("--lora-scale follows the --lora it scales, once: --lora FILE --lora-scale 0.8")
+        namespace.lora[-1][1] = value
+
+
+def loras_of(args) -> list:
+    """``(file, scale)`` of each ``--lora`` (scale 1 unless a ``--lora-scale`` followed it)."""
+    return [(path, 1.0 if scale is None else scale) for path, scale in args.lora or []]
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .weights import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="Hugging Face hub id or local diffusers folder of a Stable Diffusion v1 model "
+                   help="Hugging Face hub id, local diffusers folder or single-file checkpoint (.safetensors, "
+                        ".ckpt; converted once into a cached diffusers folder) of a Stable Diffusion v1 model "
                         "(default: %(default)s; SD v1.5 works too: stable-diffusion-v1-5/stable-diffusion-v1-5, "
                         "the hub's copy of the withdrawn runwayml/stable-diffusion-v1-5)")
+    g.add_argument("--lora", action="append", type=lambda text: [text, None], metavar="FILE",
+                   help="LoRA file (diffusers/PEFT or kohya format) fused into the weights; repeatable")
+    g.add_argument("--lora-scale", action=_LoraScale, type=_finite, metavar="S",
+                   help="scale of the --lora just before it (default: 1.0)")
+    g.add_argument("--variant", default=None, metavar="NAME",
+                   help="weights variant of a folder or hub repo, e.g. fp16 (downloads the half-size files; "
+                        "upcast to the run's dtype)")
+    g.add_argument("--model-config", default=None, metavar="NAME|DIR",
+                   help="config of a single-file checkpoint: sd1, sd2 (768 px, v-prediction), sd2-base (512 px, "
+                        "epsilon), sdxl, or a diffusers folder (default: chosen from the checkpoint's keys)")
     g.add_argument("--backend", choices=["torch", "jittor"], default="torch", help="framework (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
@@ -228,7 +253,10 @@ def cmd_run(args) -> int:
         raise SuppressEOTError('name what to suppress with --suppress-tokens 4,5 or --suppress-words "a beard" '
                                '(see `suppress-eot tokens "PROMPT"`)')
     out_dir = check_writable(args.out)
-    model_dir = resolve_model(args.model)
+    from .weights import LoRA
+
+    loras = [LoRA.of(item) for item in loras_of(args)]
+    model_dir = resolve_model(args.model, loras, args.variant, args.model_config)
     tokenizer = Tokenizer.from_pretrained(model_dir)
     table = token_table(tokenizer, args.prompt)
     groups = resolve_groups(tokenizer, table, list(args.suppress_tokens) + list(args.suppress_words))
@@ -238,7 +266,8 @@ def cmd_run(args) -> int:
     backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, cuda_graphs=args.cuda_graphs,
                            offload_models=args.offload_models, fused_attention=args.fused_attention,
                            compile_unet=args.compile)
-    model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress)
+    model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress,
+                        loras=[item.record() for item in loras])
     import shlex
 
     command = {"command": shlex.join(["suppress-eot"] + args.argv)}

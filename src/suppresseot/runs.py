@@ -86,6 +86,7 @@ def run_record(result, extra: dict | None = None) -> dict:
         "tokens": result.tokens.as_rows(),
         "seed": result.seed,
         "model": result.model,
+        "loras": result.loras,
         "settings": asdict(result.settings),
         "sampling": asdict(result.sampling),
         "step_scale": result.step_scale,

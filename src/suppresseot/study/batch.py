@@ -398,31 +398,37 @@ def _run_together(model, group, manifest, options, out_dir, backend, device, ext
 
 def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, out_dir: Path,
               options: BatchOptions, progress: bool = True, debug: bool = False, extra: dict | None = None) -> int:
-    """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run.
+    """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run (once per
+    model and LoRA set where the manifest names them: ``load_model(model, loras)``).
 
     Returns 0 when every selected task is finished, 1 when some failed (listed in failures.csv).
     """
     pending = start_batch(manifest, tasks, backend, out_dir)
     failed = 0
+    by_model: dict[tuple, list[Task]] = {}  # tasks of one model and LoRA set: the model loads once
+    for task in pending:
+        by_model.setdefault(manifest.model_of(task), []).append(task)
     if pending:
-        model = load_model()
-        info = model.backend.info()
-        device = str(getattr(model.backend, "device", None) or info.get("device", ""))
         extra = batch_extra(manifest, backend, options, extra)
         bar = progress_bar(manifest, tasks, pending, backend, progress)
         try:
-            for group in make_groups(pending, options):
-                if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
-                                                    extra, bar):
-                    continue
-                for task in group:
-                    if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
-                        bar.update(1)
+            for spec, model_tasks in by_model.items():
+                model = None  # the previous model is freed before the next loads
+                model = load_model() if spec == (None, None) else load_model(*spec)  # (model, loras): a task's own
+                info = model.backend.info()
+                device = str(getattr(model.backend, "device", None) or info.get("device", ""))
+                for group in make_groups(model_tasks, options):
+                    if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
+                                                        extra, bar):
                         continue
-                    failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
-                    write_reports(out_dir, manifest, backend)
-                    bar.update(1)
-                    model.backend.release_cache()
+                    for task in group:
+                        if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
+                            bar.update(1)
+                            continue
+                        failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
+                        write_reports(out_dir, manifest, backend)
+                        bar.update(1)
+                        model.backend.release_cache()
         finally:
             bar.close()
     return finish_batch(tasks, backend, out_dir, failed)

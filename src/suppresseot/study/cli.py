@@ -176,20 +176,30 @@ def cmd_batch(args) -> int:
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
                            inversion=args.inversion, group_size=args.group_size)
 
-    def load_model():  # called once here, or once in each Ray worker (whose progress the batch's bar shows)
+    def load_model(model=None, loras=None):
+        """The command line's model and LoRAs, or those the manifest names: called once a model here, or once in
+        each Ray worker (whose progress the batch's bar shows)."""
         from ..api import SuppressEOT
+        from ..cli import loras_of
 
-        return SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                           fast=args.fast, cuda_graphs=args.cuda_graphs,
+        return SuppressEOT.from_pretrained(model or args.model, backend=args.backend, device=args.device,
+                                           dtype=args.dtype, fast=args.fast, cuda_graphs=args.cuda_graphs,
                                            offload_models=args.offload_models,
                                            fused_attention=args.fused_attention, compile_unet=args.compile,
-                                           progress=not args.no_progress and ray is None)
+                                           progress=not args.no_progress and ray is None,
+                                           lora=loras_of(args) if loras is None else loras,
+                                           variant=args.variant, config=args.model_config)
 
     command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
     if ray is not None:
         from .ray_batch import run_batch_ray
 
-        return run_batch_ray(manifest, tasks, load_model, args.backend, out, options, ray, device=args.device,
+        specs = {manifest.model_of(task) for task in tasks}
+        if len(specs) > 1:
+            raise SuppressEOTError("--ray runs one model and LoRA set; this manifest names several: run it without "
+                                   "--ray, or select the tasks of one model with --only")
+        spec = specs.pop()
+        return run_batch_ray(manifest, tasks, lambda: load_model(*spec), args.backend, out, options, ray, device=args.device,
                              progress=not args.no_progress, debug=args.debug, extra=command)
     return run_batch(manifest, tasks, load_model, args.backend, out, options, progress=not args.no_progress,
                      debug=args.debug, extra=command)

@@ -62,6 +62,8 @@ class Task:
     iterations: int | None = None  # ITO iterations per step; None: the batch's (official 10)
     inversion: str | None = None  # nt | npi; None: the batch's
     source: dict | None = None  # provenance, e.g. the COCO image id
+    model: str | None = None  # folder, hub id or checkpoint file (paths relative to the manifest); None: the batch's
+    loras: list | None = None  # LoRA files or [file, scale] pairs fused into the model; None: the batch's
 
     def __post_init__(self):
         if self.alpha is None and self.mode in ALPHA:
@@ -89,10 +91,21 @@ class Manifest:
     tasks: list[Task]
     skipped: list[dict] = field(default_factory=list)
     unavailable: list[dict] = field(default_factory=list)
+    model: str | None = None  # the batch's model and LoRAs (a task's own win; None: the command line's)
+    loras: list | None = None
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    def model_of(self, task: Task) -> tuple[str | None, tuple]:
+        """The task's ``(model, ((lora, scale), ...))``, paths made absolute (None where neither the task nor the
+        batch names one: the command line's); tasks of one value share a load."""
+        local = lambda p: str(self.base_dir / p) if (self.base_dir / p).exists() else p  # noqa: E731
+        model = task.model if task.model is not None else self.model
+        loras = task.loras if task.loras is not None else self.loras
+        return (None if model is None else local(model), None if loras is None else tuple(
+            (local(item), 1.0) if isinstance(item, str) else (local(item[0]), float(item[1])) for item in loras))
 
 
 @dataclass
@@ -365,6 +378,17 @@ def _dumps(value, indent: str = "") -> str:
 
 
 # --- validation -----------------------------------------------------------------------------------
+def model_problems(model, loras) -> list[str]:
+    problems = [] if model is None or (isinstance(model, str) and model) else [
+        f"model {model!r} must be a folder, hub id or checkpoint file"]
+    if loras is not None and not (isinstance(loras, list) and all(
+            isinstance(item, str) or (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                                      and isinstance(item[1], (int, float)) and not isinstance(item[1], bool))
+            for item in loras)):
+        problems.append(f"loras {loras!r} must be a list of LoRA files or [file, scale] pairs")
+    return problems
+
+
 def _task_problems(raw, base_dir: Path, tokenizer: Tokenizer, check_images: bool) -> tuple[Task | None, list[str]]:
     if not isinstance(raw, dict):
         return None, ["is not a JSON object"]
@@ -397,6 +421,7 @@ def _task_problems(raw, base_dir: Path, tokenizer: Tokenizer, check_images: bool
         problems.append(f"seed {task.seed!r} must be a whole number >= 0")
     if task.iterations is not None and (not isinstance(task.iterations, int) or task.iterations < 0):
         problems.append(f"iterations {task.iterations!r} must be a whole number >= 0")
+    problems += model_problems(task.model, task.loras)
     if task.inversion is not None and task.inversion not in INVERSIONS:
         problems.append(f"inversion {task.inversion!r} must be nt or npi")
     if task.type == "real":
@@ -459,5 +484,9 @@ def load_manifest(path: str | os.PathLike, tokenizer: Tokenizer, check_images: b
     tasks = validate_tasks(data, path.parent, tokenizer, check_images, str(path))
     if not tasks:
         raise SuppressEOTError(f"{path} holds no tasks")
+    problems = model_problems(data.get("model"), data.get("loras"))
+    if problems:
+        raise SuppressEOTError(f"{path}: {'; '.join(problems)}")
     return Manifest(path=path.resolve(), name=str(data.get("name") or path.stem), tasks=tasks,
-                    skipped=list(data.get("skipped", [])), unavailable=list(data.get("unavailable", [])))
+                    skipped=list(data.get("skipped", [])), unavailable=list(data.get("unavailable", [])),
+                    model=data.get("model"), loras=data.get("loras"))
