@@ -202,3 +202,15 @@ def test_cli_rejects_a_bad_auth_before_loading(capsys):
 
     assert main(["app", "--auth", "nopassword", "--model", "/nonexistent"]) == 2
     assert "--auth takes USER:PASS" in capsys.readouterr().err
+
+
+def test_serves_no_other_path_of_the_server(server, tmp_path):
+    import httpx
+
+    app, url = server
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    for path in (secret, Path(__file__)):
+        response = httpx.get(f"{url}gradio_api/file={path}")
+        assert response.status_code in (403, 404) and "not for the web" not in response.text
+    assert launch_options(app.out)["server_name"] == "127.0.0.1" and launch_options(app.out)["share"] is False

@@ -13,6 +13,7 @@ import math
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,13 @@ def run(args) -> int:
                                         compile_unet=args.compile)
     demo = App(model, out, max_pixels=args.max_pixels).build()
     demo.launch(**launch_options(out, args.host, args.port, auth, args.share, args.max_upload),
-                prevent_thread_lock=False, quiet=False, theme=gr.themes.Soft())
+                prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft())
+    print(f"suppress-eot app: open {demo.local_url}" + (f" (public link: {demo.share_url})" if demo.share_url else "")
+          + "; Ctrl+C stops it", flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
     return 0
 
 
@@ -103,7 +110,8 @@ class App:
         self.out = Path(out)
         self.max_pixels = max_pixels
         self.lock = threading.Lock()  # one run on the model at a time, even while a cancelled one winds down
-        self.zips = Path(tempfile.mkdtemp(prefix="suppresseot-app-"))
+        self.zips = Path(tempfile.mkdtemp(prefix="suppresseot-app-"))  # the downloads; removed with the app
+        weakref.finalize(self, shutil.rmtree, self.zips, True)
         self.busy = False
 
     # --- running jobs -------------------------------------------------------------------------
