@@ -152,10 +152,23 @@ def test_bad_input_shows_its_message_and_the_app_stays_up(server, client, tmp_pa
     assert (Path(outputs[5]) / "suppressed.png").is_file()
 
 
+STOP_STEPS = 500
+
+
+def live_tensors() -> int:
+    import gc
+
+    import torch
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.numel() >= 1000)
+
+
 def test_cancel_stops_the_run_at_the_next_step(server, client):
     app, url = server
     before = set(app.out.iterdir())
-    job = Client(url, verbose=False).submit(*generate_args(steps=1000, iterations=0), api_name="/generate")
+    tensors = live_tensors()  # the model's weights and buffers
+    job = Client(url, verbose=False).submit(*generate_args(steps=STOP_STEPS, iterations=0), api_name="/generate")
     deadline = time.monotonic() + 120
     while not app.busy and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -165,10 +178,15 @@ def test_cancel_stops_the_run_at_the_next_step(server, client):
     job.cancel()
     while app.lock.locked() and time.monotonic() < started + 60:
         time.sleep(0.1)
-    # 1000 steps take many minutes here; a cancelled run stops after the step under way (a second or two)
+    # a cancelled run stops at its next step (a second or two), long before its last
     assert not app.lock.locked() and not app.busy, "the run went on after Cancel"
+    stage, step = app.step
+    assert stage == "swr_ito_sampling" and 0 < step < STOP_STEPS - 1
+    with pytest.raises(Exception):
+        job.result(timeout=5)
     assert time.monotonic() - started < 30
     assert set(app.out.iterdir()) == before  # nothing saved for the cancelled run
+    assert live_tensors() <= tensors  # the stopped run's latents and maps are freed (its memory handed back)
     outputs = client.predict(*generate_args(steps=1, iterations=0), api_name="/generate")
     assert (Path(outputs[5]) / "suppressed.png").is_file()
 

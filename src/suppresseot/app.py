@@ -113,7 +113,7 @@ class App:
         self.zips = Path(tempfile.mkdtemp(prefix="suppresseot-app-"))  # the downloads; removed with the app
         weakref.finalize(self, shutil.rmtree, self.zips, True)
         self.busy = False
-
+        self.step = None  # the running (or last) run's (stage, step), for a status line
     # --- running jobs -------------------------------------------------------------------------
     async def _work(self, fn, *args):
         """Run ``fn`` in a thread; a cancelled job (Cancel, or the client left) stops the run at its next step."""
@@ -131,6 +131,7 @@ class App:
 
     def _locked(self, stop: threading.Event, fn, *args):
         def on_step(stage, step):
+            self.step = stage, step
             if stop.is_set():
                 raise Cancelled(f"cancelled at {stage} step {step}")
 
