@@ -39,7 +39,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(small_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("app-runs")
-    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
+    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu")  # tqdm bars on: the page shows them
     app = App(model, out, max_pixels=600 * 600)
     demo = app.build()
     port = free_port()
@@ -100,15 +100,17 @@ def test_photo_equals_api(server, client, tmp_path):
     photo = tmp_path / "man with a beard.png"
     rgba = np.random.default_rng(0).integers(0, 256, (300, 420, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").convert("P").save(photo, transparency=0)
-    outputs = client.predict(handle_file(str(photo)), PROMPT, [], "beard", "npi", 1.0, 0.8, ITERATIONS,
+    outputs = client.predict(handle_file(str(photo)), PROMPT, [], "beard", "nt", 1.0, 0.8, ITERATIONS,
                              "soft-weight", STEPS, api_name="/edit")
     crop, reconstruction, *rest = outputs
-    result = app.model.edit(str(photo), PROMPT, "beard", inversion="npi", steps=STEPS,
+    result = app.model.edit(str(photo), PROMPT, "beard", inversion="nt", steps=STEPS,
                             settings=SuppressionSettings(alpha=1.0, tau=0.8, iterations=ITERATIONS))
     np.testing.assert_array_equal(pixels(crop), result.inversion.image)
     np.testing.assert_array_equal(pixels(reconstruction), result.inversion.reconstruction)
     run_dir = check_same_as_api(rest, result, tmp_path)
     assert (run_dir / "input.png").is_file() and (run_dir / "reconstruction.png").is_file()
+    null_text = list(csv.DictReader(open(run_dir / "null_text.csv")))
+    assert [float(r["loss"]) for r in null_text] == pytest.approx([r["loss"] for r in result.inversion.null_text_log])
 
 
 def test_two_clients_get_their_own_results(server):
@@ -173,7 +175,11 @@ def test_cancel_stops_the_run_at_the_next_step(server, client):
     while not app.busy and time.monotonic() < deadline:
         time.sleep(0.1)
     assert app.busy, "the run did not start"
-    time.sleep(1.0)
+    progress = []
+    while not progress and time.monotonic() < deadline:  # the denoising bar, as the page shows it
+        time.sleep(0.2)
+        progress = job.status().progress_data or []
+    assert progress and progress[-1].desc == "SuppressEOT" and progress[-1].length == STOP_STEPS
     started = time.monotonic()
     job.cancel()
     while app.lock.locked() and time.monotonic() < started + 60:
