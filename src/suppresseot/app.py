@@ -372,7 +372,7 @@ class App:
             return await self._work(self._edit, upload, prompt, chips, words, inversion, alpha, tau, iterations,
                                     method, steps)
 
-        with gr.Blocks(title="SuppressEOT") as demo:
+        with gr.Blocks(title="SuppressEOT", analytics_enabled=False) as demo:  # no calls home
             gr.Markdown("# SuppressEOT\nSuppress what a prompt names, in generated images or your photos "
                         f"(model: `{self.model.model}`; runs saved under `{self.out}`).")
             with gr.Tab("Generate"):
@@ -406,6 +406,8 @@ class App:
                     p_run = gr.Button("Run", variant="primary", elem_id="photo_run")
                     p_cancel = gr.Button("Cancel")
                 p_outputs = results()
+                upload.upload(lambda f, p: p or (Path(f).stem if f else ""), [upload, p_prompt], p_prompt,
+                              concurrency_limit=None, api_name=False)  # the caption defaults as in `edit`
                 p_event = p_run.click(edit, [upload, p_prompt, p_chips, p_words, inversion, *p_settings],
                                       [crop, reconstruction, *p_outputs], api_name="edit")
                 p_cancel.click(None, None, None, cancels=[p_event], api_name=False)
