@@ -114,6 +114,7 @@ class App:
         weakref.finalize(self, shutil.rmtree, self.zips, True)
         self.busy = False
         self.step = None  # the running (or last) run's (stage, step), for a status line
+
     # --- running jobs -------------------------------------------------------------------------
     async def _work(self, fn, *args):
         """Run ``fn`` in a thread; a cancelled job (Cancel, or the client left) stops the run at its next step."""
