@@ -9,6 +9,11 @@ from pathlib import Path
 # (2 cores: 10 minutes against 17 for one process with two threads). Set before torch or jittor start.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tests build their models locally and must never wait for the hub (CI and users' test runs alike).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tests/test_ray.py starts its own Ray on 127.0.0.1: never join a cluster named in the environment.
+os.environ.pop("RAY_ADDRESS", None)
 
 import pytest  # noqa: E402
 

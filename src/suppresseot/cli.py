@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit = sub.add_parser("edit", help="suppress words of a photo's caption in the photo",
                           description="Invert IMAGE (centre-cropped to the model's square size: 512x512 for "
                                       "SD v1) and suppress what the prompt names.")
-    edit.add_argument("image", help="path of a JPEG/PNG photo")
+    edit.add_argument("image", help="path of a photo in any format Pillow reads (JPEG, PNG, WebP, TIFF...); "
+                                    "EXIF rotation is applied, then it is converted to 8-bit RGB: RGBA keeps its "
+                                    "colour channels (transparency dropped, not composited, as the official code "
+                                    "does), grayscale, palette and CMYK become RGB, 16-bit grey is rescaled to 8 bits")
     edit.add_argument("--prompt", help="caption of the photo (default: the file name without extension)")
     edit.add_argument("--inversion", choices=["nt", "npi"], default="nt",
                       help="nt: null-text optimization, npi: negative-prompt inversion (default: %(default)s)")
@@ -166,12 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
+    # these modules import only the core at module level (their heavy imports wait for run()), so a
+    # command never vanishes from --help for want of an optional package
     for module_name in dict.fromkeys(EXTRA_COMMANDS.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ def _at_least(minimum: int):
 
 def add_parser(subparsers) -> None:
     from ..cli import _finite
+    from ..ray_pool import add_ray_options
     from .clipscore import DEFAULT_CLIP
     from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD
 
@@ -45,6 +46,7 @@ def add_parser(subparsers) -> None:
                          f"(DetScore-style; without MODEL: {DEFAULT_DETECTOR})")
     ev.add_argument("--detector-threshold", type=_finite, default=DEFAULT_THRESHOLD,
                     help="a box scoring above this counts as detected (default: %(default)s)")
+    add_ray_options(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
@@ -80,25 +82,43 @@ def run(args) -> int:
 def cmd_eval(args) -> int:
     from tqdm.auto import tqdm
 
+    from ..ray_pool import ray_options
     from ..runs import check_writable
     from . import find_runs, write_csv
     from .clipscore import COLUMNS, CLIPScorer, markdown_report, score_runs
 
+    ray = ray_options(args, args.device)
     runs = find_runs(args.results)
     csv_path = Path(args.out) if args.out else Path(args.results) / "clipscores.csv"
     md_path = csv_path.with_suffix(".md")
     check_writable(csv_path.parent)  # before loading any model
-    scorer = CLIPScorer(args.clip_model, device=args.device)
-    detector = None
-    if args.detector:
-        from .detect import Detector
 
-        detector = Detector(args.detector, device=args.device)
-    bar = tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)
-    rows = score_runs(runs, scorer, detector, args.detector_threshold, progress=lambda *_: bar.update())
-    bar.close()
+    def progress_bar():  # after the models load: a load error stays one line
+        return tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)
+
+    if ray is not None:
+        from .ray_eval import score_runs_ray
+
+        bar = progress_bar()
+        try:
+            rows = score_runs_ray(runs, args.clip_model, args.detector, args.device, args.detector_threshold, ray,
+                                  progress=bar.update)
+        finally:
+            bar.close()
+        names = str(args.clip_model), args.detector and str(args.detector)
+    else:
+        scorer = CLIPScorer(args.clip_model, device=args.device)
+        detector = None
+        if args.detector:
+            from .detect import Detector
+
+            detector = Detector(args.detector, device=args.device)
+        bar = progress_bar()
+        rows = score_runs(runs, scorer, detector, args.detector_threshold, progress=lambda *_: bar.update())
+        bar.close()
+        names = scorer.name, detector.name if detector else None
     write_csv(csv_path, COLUMNS, rows)
-    text = markdown_report(rows, scorer.name, detector.name if detector else None, args.detector_threshold)
+    text = markdown_report(rows, names[0], names[1], args.detector_threshold)
     md_path.write_text(text, encoding="utf-8")
     print(text)
     print(f"wrote {csv_path} ({len(rows)} runs) and {md_path}", file=sys.stderr)

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SuppressEOTError
-from . import Run, fmt, group_label, markdown_table, mean, to_float
+from . import Run, fmt, group_label, markdown_table, mean, resolve_device, short_error, to_float
+from .detect import detected, detector_query
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PREFIX = "A photo depicts "
@@ -72,20 +73,6 @@ def split_prompt(prompt: str, tokens: list[dict], indices: list[int]) -> tuple[s
     return kept, gone
 
 
-def resolve_device(device: str) -> str:
-    """``auto``: the first CUDA GPU if torch sees one, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 class CLIPScorer:
     """A CLIP model (transformers) that embeds prompts and images, L2-normalised."""
 
@@ -94,8 +81,8 @@ class CLIPScorer:
             import torch
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as exc:
-            raise SuppressEOTError(f"eval needs torch and transformers ({_short(exc)}): "
-                                   f"pip install 'suppresseot[torch,eval]'") from exc
+            raise SuppressEOTError(f"eval needs torch and transformers ({short_error(exc)}): "
+                                   f"pip install 'suppresseot[eval]'") from exc
         self.torch = torch
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -105,7 +92,7 @@ class CLIPScorer:
             self.processor = CLIPProcessor.from_pretrained(str(model))
         except Exception as exc:  # hub errors, missing files, wrong architecture: all one line
             raise SuppressEOTError(
-                f"cannot load the CLIP model {model!r} ({_short(exc)}); give a hub id such as {DEFAULT_CLIP} or a "
+                f"cannot load the CLIP model {model!r} ({short_error(exc)}); give a hub id such as {DEFAULT_CLIP} or a "
                 f"folder with a CLIPModel (config.json, weights), its tokenizer and preprocessor_config.json") from exc
         self.max_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
 
@@ -155,29 +142,37 @@ def score_runs(runs: list[Run], scorer: CLIPScorer, detector=None, threshold: fl
     """
     rows = []
     for number, run in enumerate(runs, 1):
-        kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
-        row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
-               "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
-               "suppressed_words": words, "kept_prompt": kept}
-        original, suppressed = _load(run.file("original.png")), _load(run.file("suppressed.png"))
-        if original is None or suppressed is None:
-            row["note"] = "original.png or suppressed.png missing"
-        else:
-            (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
-            row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
-                       original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
-            if detector is not None:
-                from .detect import detected, detector_query
-
-                query = detector_query(run, words)
-                before, after = detector.best_scores([original, suppressed], query)
-                row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
-                           original_detected=int(detected(before, threshold)),
-                           suppressed_detected=int(detected(after, threshold)))
-        rows.append(row)
+        rows.append(score_run(run, *load_pair(run), scorer, detector, threshold))
         if progress is not None:
             progress(number, len(runs), run)
     return rows
+
+
+def load_pair(run: Run) -> tuple[Image.Image | None, Image.Image | None]:
+    """A run's original-branch and suppressed images (None where missing)."""
+    return _load(run.file("original.png")), _load(run.file("suppressed.png"))
+
+
+def score_run(run: Run, original: Image.Image | None, suppressed: Image.Image | None, scorer: CLIPScorer,
+              detector=None, threshold: float = 0.1) -> dict:
+    """One run's row from its two images (loaded by the caller: a Ray worker gets them from the driver)."""
+    kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
+    row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
+           "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
+           "suppressed_words": words, "kept_prompt": kept}
+    if original is None or suppressed is None:
+        row["note"] = "original.png or suppressed.png missing"
+        return row
+    (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
+    row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
+               original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
+    if detector is not None:
+        query = detector_query(run, words)
+        before, after = detector.best_scores([original, suppressed], query)
+        row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
+                   original_detected=int(detected(before, threshold)),
+                   suppressed_detected=int(detected(after, threshold)))
+    return row
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -13,7 +13,7 @@ import os
 from PIL import Image
 
 from ..errors import SuppressEOTError
-from . import Run
+from . import Run, resolve_device, short_error
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
 DEFAULT_THRESHOLD = 0.1  # the zero-shot-object-detection pipeline's own default
@@ -39,17 +39,15 @@ class Detector:
     """transformers' zero-shot object detection pipeline, reduced to the best score for one query per image."""
 
     def __init__(self, model: str | os.PathLike = DEFAULT_DETECTOR, device: str = "auto"):
-        from .clipscore import _short, resolve_device
-
         try:
             from transformers import pipeline
         except ImportError as exc:
-            raise SuppressEOTError(f"--detector needs transformers and torch ({_short(exc)})") from exc
+            raise SuppressEOTError(f"--detector needs transformers and torch ({short_error(exc)})") from exc
         self.name = str(model)
         try:
             self.pipe = pipeline("zero-shot-object-detection", model=str(model), device=resolve_device(device))
         except Exception as exc:
-            raise SuppressEOTError(f"cannot load the detector {model!r} ({_short(exc)}); give a zero-shot object "
+            raise SuppressEOTError(f"cannot load the detector {model!r} ({short_error(exc)}); give a zero-shot object "
                                    f"detector of transformers such as {DEFAULT_DETECTOR}") from exc
 
     def best_scores(self, images: list[Image.Image], query: str) -> list[float]:

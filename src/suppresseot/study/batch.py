@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SuppressEOTError
 from .manifests import Manifest, Task
-from .memory import DEFAULT_INTERVAL, MemorySampler
+from .memory import DEFAULT_INTERVAL, MemorySampler, MemoryTrace
 
 FAILED_DIR = ".failed"
 STAGE_ORDER = ["inversion_text_encoding", "vae_encode", "ddim_inversion", "null_text", "text_encoding",
@@ -280,37 +280,58 @@ def make_groups(tasks: list[Task], options: BatchOptions) -> list[list[Task]]:
     return groups
 
 
-def run_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
-              device: str, extra: dict) -> list[Path]:
-    """Tasks of one group key into ``<id>--<backend>`` each: photos are inverted, then edited; generated
-    images generated; several tasks at once when the group has more than one (UNet passes batched)."""
-    from ..runs import save_run
+@dataclass
+class GroupOutcome:
+    """What one group produced, in memory: written by ``save_group`` here, or by the driver of a Ray batch."""
 
+    results: list  # SuppressionResult per task, in the group's order
+    seconds: float  # the whole group's wall time
+    trace: MemoryTrace  # device memory sampled over the group
+
+
+def compute_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, device: str,
+                  photos: list | None = None) -> GroupOutcome:
+    """Tasks of one group key on a loaded model: photos are inverted, then edited; generated images generated;
+    several tasks at once when the group has more than one (UNet passes batched). ``photos``: the real tasks'
+    images already loaded (a Ray worker has no access to the driver's files), else read from their paths."""
     settings, inversion = task_settings(tasks[0], options)
     sampler = MemorySampler(device, interval=options.memory_interval)
     started = time.perf_counter()
     with sampler:
         if tasks[0].type == "real":
-            inverted = model.invert_many([task.image_path(manifest.base_dir) for task in tasks],
-                                         [task.prompt for task in tasks], inversion, steps=options.steps,
-                                         guidance_scale=options.guidance_scale)
+            paths = [task.image_path(manifest.base_dir) for task in tasks]
+            inverted = model.invert_many(paths if photos is None else photos, [task.prompt for task in tasks],
+                                         inversion, steps=options.steps, guidance_scale=options.guidance_scale)
+            for inv, path in zip(inverted, paths):
+                inv.source = str(path)
             results = model.edit_many(inverted, None, [task.token_group for task in tasks], settings=settings,
                                       guidance_scale=options.guidance_scale)
         else:
             results = model.generate_many([task.prompt for task in tasks], [task.token_group for task in tasks],
                                           [task.seed for task in tasks], settings=settings, steps=options.steps,
                                           guidance_scale=options.guidance_scale)
-    trace = sampler.trace
-    seconds = round(time.perf_counter() - started, 4)
+    return GroupOutcome(results, round(time.perf_counter() - started, 4), sampler.trace)
+
+
+def save_group(outcome: GroupOutcome, tasks: list[Task], out_dir: Path, backend: str, extra: dict) -> list[Path]:
+    """One run directory ``<id>--<backend>`` per task of a computed group (each written atomically)."""
+    from ..runs import save_run
+
     paths = []
-    for task, result in zip(tasks, results):
-        record = {**extra, "task": task.to_json(), "task_seconds": seconds, "nvml": trace.summary()}
+    for task, result in zip(tasks, outcome.results):
+        record = {**extra, "task": task.to_json(), "task_seconds": outcome.seconds, "nvml": outcome.trace.summary()}
         if len(tasks) > 1:
             record["group"] = [t.id for t in tasks]
         path = save_run(result, out_dir, name=run_name(task.id, backend), extra=record)
-        trace.write_csv(path / "memory_trace.csv")
+        outcome.trace.write_csv(path / "memory_trace.csv")
         paths.append(path)
     return paths
+
+
+def run_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
+              device: str, extra: dict) -> list[Path]:
+    """``compute_group`` then ``save_group``: the local batch's unit of work."""
+    return save_group(compute_group(model, tasks, manifest, options, device), tasks, out_dir, backend, extra)
 
 
 def run_task(model, task: Task, manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
@@ -381,24 +402,14 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
 
     Returns 0 when every selected task is finished, 1 when some failed (listed in failures.csv).
     """
-    for path in clean_stale(out_dir):
-        _note(f"removed {path.name} (left by a killed run)")
-    done = [t for t in tasks if is_finished(out_dir, run_name(t.id, backend))]
-    pending = [t for t in tasks if t not in done]
-    for task in done:  # finished since a failure was recorded, e.g. by another shard
-        clear_failure(out_dir, task, backend)
-    if done:
-        _note(f"{len(done)} of {len(tasks)} tasks already finished in {out_dir}: skipping them")
-    write_reports(out_dir, manifest, backend)
+    pending = start_batch(manifest, tasks, backend, out_dir)
     failed = 0
     if pending:
         model = load_model()
         info = model.backend.info()
         device = str(getattr(model.backend, "device", None) or info.get("device", ""))
-        extra = {**(extra or {}), "batch": {"manifest": str(manifest.path), "backend": backend,
-                                            "options": asdict(options)}}
-        bar = tqdm(total=len(tasks), initial=len(done), desc=f"{manifest.name} [{backend}]", unit="task",
-                   disable=not progress, dynamic_ncols=True, file=sys.stderr)
+        extra = batch_extra(manifest, backend, options, extra)
+        bar = progress_bar(manifest, tasks, pending, backend, progress)
         try:
             for group in make_groups(pending, options):
                 if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
@@ -414,6 +425,36 @@ def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, o
                     model.backend.release_cache()
         finally:
             bar.close()
+    return finish_batch(tasks, backend, out_dir, failed)
+
+
+def start_batch(manifest: Manifest, tasks: list[Task], backend: str, out_dir: Path) -> list[Task]:
+    """Clean a killed run's leftovers, rewrite the reports; returns the tasks still to run."""
+    for path in clean_stale(out_dir):
+        _note(f"removed {path.name} (left by a killed run)")
+    done = [t for t in tasks if is_finished(out_dir, run_name(t.id, backend))]
+    pending = [t for t in tasks if t not in done]
+    for task in done:  # finished since a failure was recorded, e.g. by another shard
+        clear_failure(out_dir, task, backend)
+    if done:
+        _note(f"{len(done)} of {len(tasks)} tasks already finished in {out_dir}: skipping them")
+    write_reports(out_dir, manifest, backend)
+    return pending
+
+
+def batch_extra(manifest: Manifest, backend: str, options: BatchOptions, extra: dict | None) -> dict:
+    """What every run.json of the batch records about it."""
+    return {**(extra or {}), "batch": {"manifest": str(manifest.path), "backend": backend,
+                                       "options": asdict(options)}}
+
+
+def progress_bar(manifest: Manifest, tasks: list[Task], pending: list[Task], backend: str, progress: bool):
+    return tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=f"{manifest.name} [{backend}]",
+                unit="task", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+
+def finish_batch(tasks: list[Task], backend: str, out_dir: Path, failed: int) -> int:
+    """The closing line; 0 when every selected task is finished, else 1."""
     finished = sum(is_finished(out_dir, run_name(t.id, backend)) for t in tasks)
     _note(f"{finished} of {len(tasks)} tasks finished, {failed} failed in this run"
           + (f" (see {out_dir / 'failures.csv'})" if failed else "") + f"; summary: {out_dir / 'summary.csv'}")

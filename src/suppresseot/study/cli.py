@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SuppressEOTError
+from ..ray_pool import add_ray_options, ray_options
 from . import manifests as mf
 
 
@@ -91,6 +92,7 @@ def add_parser(subparsers) -> None:
     w.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="run every N-th task starting at the I-th (1/2 and 2/2 split a manifest in two)")
     w.add_argument("--limit", type=_positive, default=None, help="run only the first N selected tasks")
+    add_ray_options(batch)
     o = batch.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="hide progress bars")
     o.add_argument("--debug", action="store_true", help="show tracebacks (one-line errors otherwise)")
@@ -160,6 +162,7 @@ def cmd_batch(args) -> int:
     from ..runs import check_writable
     from .batch import BatchOptions, run_batch, select_tasks
 
+    ray = ray_options(args, args.device)
     manifest = mf.load_manifest(args.manifest, shipped_tokenizer())
     tasks = select_tasks(manifest.tasks, args.only, args.shard, args.limit)
     if not tasks:
@@ -173,15 +176,20 @@ def cmd_batch(args) -> int:
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
                            inversion=args.inversion, group_size=args.group_size)
 
-    def load_model():
+    def load_model():  # called once here, or once in each Ray worker (whose progress the batch's bar shows)
         from ..api import SuppressEOT
 
         return SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                            fast=args.fast, cuda_graphs=args.cuda_graphs,
                                            offload_models=args.offload_models,
                                            fused_attention=args.fused_attention, compile_unet=args.compile,
-                                           progress=not args.no_progress)
+                                           progress=not args.no_progress and ray is None)
 
     command = {"command": " ".join(["suppress-eot"] + sys.argv[1:])}
+    if ray is not None:
+        from .ray_batch import run_batch_ray
+
+        return run_batch_ray(manifest, tasks, load_model, args.backend, out, options, ray, device=args.device,
+                             progress=not args.no_progress, debug=args.debug, extra=command)
     return run_batch(manifest, tasks, load_model, args.backend, out, options, progress=not args.no_progress,
                      debug=args.debug, extra=command)
