@@ -149,12 +149,15 @@ class SuppressEOT:
     """A loaded Stable Diffusion v1 model on one backend, ready to suppress content."""
 
     def __init__(self, backend, tokenizer: Tokenizer, model: str = "", progress: bool = True,
-                 loras: list | None = None):
+                 loras: list | None = None, on_step=None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.model = model
         self.progress = progress
         self.loras = list(loras or [])  # records of the LoRAs fused into the weights (run.json keeps them)
+        # on_step(stage, step): called before every denoising, inversion and null-text step; an exception
+        # raised there stops the run there (the web app's Cancel), like diffusers' callback_on_step_end
+        self.on_step = on_step
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
@@ -232,13 +235,14 @@ class SuppressEOT:
             reconstructions = [backend.vae_decode(latent)[0] for latent in encoded]
             latent = backend.cat(encoded)
         with timer("ddim_inversion"):
-            latents = pipeline.ddim_inversion(backend, schedule, latent, text, progress=self.progress)
+            latents = pipeline.ddim_inversion(backend, schedule, latent, text, progress=self.progress,
+                                               on_step=self.on_step)
         logs: list[list] = [[] for _ in prompts]
         if settings.method == "nt":
             with timer("null_text"):
                 uncond_per_step = pipeline.null_text_optimization(
                     backend, schedule, latents, text, uncond, settings, sampling.guidance_scale, logs,
-                    progress=self.progress)
+                    progress=self.progress, on_step=self.on_step)
         else:  # negative-prompt inversion: the prompt's own embedding stands in for the null text
             uncond_per_step = [text] * schedule.num_steps
         return [Inversion(prompt=prompt, method=settings.method, image=crop, reconstruction=reconstruction,
@@ -345,7 +349,8 @@ class SuppressEOT:
         with timer("swr_ito_sampling"):
             outs = pipeline.suppress_many(backend, schedule, start, text, text_np, uncond,
                                           [table.n for table, _ in groups], [group for _, group in groups],
-                                          settings, sampling, step_scale, progress=self.progress)
+                                          settings, sampling, step_scale, progress=self.progress,
+                                          on_step=self.on_step)
         images = [(None, None)] * k
         if decode:
             with timer("vae_decode"):

@@ -21,6 +21,7 @@ EXTRA_COMMANDS = {
     "eval": "suppresseot.evaluation.cli",
     "report": "suppresseot.evaluation.cli",
     "doctor": "suppresseot.backends.jittor.doctor",
+    "app": "suppresseot.app",
 }
 
 

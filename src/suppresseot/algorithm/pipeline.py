@@ -31,15 +31,19 @@ ADAM_EPS = 1e-8
 # Real photos: DDIM inversion and null-text optimization
 # ----------------------------------------------------------------------------------------------
 
-def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool = True) -> list:
-    """Run DDIM backwards (conditional prediction only); returns the latents z_0 .. z_T."""
+def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool = True, on_step=None) -> list:
+    """Run DDIM backwards (conditional prediction only); returns the latents z_0 .. z_T. ``on_step(stage, i)``,
+    here and in the other loops, is called before every step: raising there stops the run (the app's Cancel)."""
     def inversion_step(latent, t, text, coefficients):
         return move(latent, backend.unet(latent, t, text), coefficients)
 
     step = backend.compile_step(inversion_step)
     latents = [latent]
     with backend.no_grad():
-        for t in tqdm(schedule.timesteps[::-1], desc="DDIM inversion", disable=not progress, leave=False):
+        for i, t in enumerate(tqdm(schedule.timesteps[::-1], desc="DDIM inversion", disable=not progress,
+                                   leave=False)):
+            if on_step is not None:
+                on_step("ddim_inversion", i)
             latent = step(latent, t, text, schedule.inverse_coefficients(t))
             latents.append(latent)
     return latents
@@ -71,7 +75,7 @@ def adam_step(param, grad, state: dict, lr: float):
 
 def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text, uncond,
                            settings: InversionSettings, guidance_scale: float, logs: list[list],
-                           progress: bool = True) -> list:
+                           progress: bool = True, on_step=None) -> list:
     """Optimize one unconditional embedding per step so guided DDIM retraces the inversion path.
 
     The embedding carries over from step to step; Adam restarts each step. Several photos (K, stacked
@@ -113,6 +117,8 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     iterations_last_step = settings.inner_steps
     bar = tqdm(total=n * settings.inner_steps, desc="Null-text optimization", disable=not progress, leave=False)
     for i, t in enumerate(schedule.timesteps):
+        if on_step is not None:
+            on_step("null_text", i)
         target = latents[n - 1 - i]
         coefficients = schedule.coefficients(t)
         with backend.no_grad():
@@ -260,7 +266,7 @@ class InferenceTimeOptimization:
 def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
                   n_tokens: list[int], token_indices: list[list[int]], settings: SuppressionSettings,
                   sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
-                  progress: bool = True) -> list[SuppressionOutput]:
+                  progress: bool = True, on_step=None) -> list[SuppressionOutput]:
     """Denoise the original and the suppressed branch side by side (the result is the second), for K tasks
     at once: ``start_latent``, ``text`` and each ``uncond_per_step`` entry hold K samples (``text_np``:
     (K, 77, D)), each task with its own tokens; they share the settings. The UNet sees the K originals,
@@ -297,6 +303,8 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     bar = tqdm(schedule.timesteps, desc="SuppressEOT" if tasks == 1 else f"SuppressEOT ({tasks} tasks)",
                disable=not progress, leave=False)
     for i, t in enumerate(bar):
+        if on_step is not None:
+            on_step("swr_ito_sampling", i)
         if i >= first:  # from the SWR embedding at every step: ITO edits do not carry over
             edited, regularized = swr_embedding, swr_regularized
             if i == first:
