@@ -40,6 +40,21 @@ def _token_group(text: str) -> list[int]:
             f"{text!r} is not a token group: write indices separated by commas, e.g. 4,5 (or use --suppress-words)")
 
 
+def whole_number(minimum: int):
+    """An argparse type: an int of at least ``minimum``, with a one-line message otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}" if minimum else
+                                             f"{text} must be 0 or more")
+        return value
+
+    return parse
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)

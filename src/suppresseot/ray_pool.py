@@ -18,6 +18,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 
+from .cli import whole_number
 from .errors import SuppressEOTError
 
 LOOPBACK = "127.0.0.1"
@@ -50,23 +51,13 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def add_ray_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Ray (several GPUs or machines; pip install 'suppresseot[ray]')")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray workers, one a GPU, fed from a queue: without ADDRESS Ray starts on this machine "
                         "(loopback only); 'auto' or HOST:PORT joins a cluster started with `ray start` "
                         "(docs/ray.md)")
-    g.add_argument("--workers", type=_count, default=None, metavar="N",
+    g.add_argument("--workers", type=whole_number(1), default=None, metavar="N",
                    help="number of Ray workers (default: one per GPU share of the cluster; 1 without GPUs)")
     g.add_argument("--gpus-per-worker", type=_fraction, default=None, metavar="SHARE",
                    help="GPU share of each worker, e.g. 0.5 for two workers a GPU (default: 1 where there are GPUs)")

@@ -8,21 +8,8 @@ from pathlib import Path
 from ..errors import SuppressEOTError
 
 
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
-        return value
-
-    return parse
-
-
 def add_parser(subparsers) -> None:
-    from ..cli import _finite
+    from ..cli import _finite, whole_number
     from ..ray_pool import add_ray_options
     from .clipscore import DEFAULT_CLIP
     from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD
@@ -62,9 +49,9 @@ def add_parser(subparsers) -> None:
     rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and its PNGs")
     rep.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("LABEL_A", "LABEL_B"),
                      help="names of the two sides, e.g. torch jittor (default: A B)")
-    rep.add_argument("--thumb", type=_at_least(16), default=128, metavar="PX",
+    rep.add_argument("--thumb", type=whole_number(16), default=128, metavar="PX",
                      help="image size in the grids (default: %(default)s)")
-    rep.add_argument("--max-grid-tasks", type=_at_least(0), default=24, metavar="N",
+    rep.add_argument("--max-grid-tasks", type=whole_number(0), default=24, metavar="N",
                      help="at most N tasks per dataset in the image grids; 0: all (default: %(default)s)")
     rep.add_argument("--title", default=None, help="the report's title")
     rep.add_argument("--note", default=None, help="a paragraph under the title (e.g. what the runs were)")

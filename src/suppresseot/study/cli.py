@@ -5,29 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli import whole_number
 from ..errors import SuppressEOTError
 from ..ray_pool import add_ray_options, ray_options
 from . import manifests as mf
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+_positive, _non_negative = whole_number(1), whole_number(0)
 
 
 def _shard(text: str) -> tuple[int, int]:
