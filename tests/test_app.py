@@ -199,12 +199,12 @@ def test_cancel_stops_the_run_at_the_next_step(server, client):
 
 def test_study_tab_lists_a_batch_and_shows_backends_side_by_side(server, client, tmp_path):
     app, _ = server
-    runs = sorted(p for p in app.out.iterdir() if (p / "run.json").is_file())
+    run = Path(client.predict(*generate_args(steps=1, iterations=0), api_name="/generate")[5])  # a run of its own
     batch = app.out / "study-batch"
     batch.mkdir(exist_ok=True)
     rows = []
     for backend in ("torch", "jittor"):
-        shutil.copytree(runs[0], batch / f"t1--{backend}", dirs_exist_ok=True)
+        shutil.copytree(run, batch / f"t1--{backend}", dirs_exist_ok=True)
         rows.append({"task": "t1", "set": "examples", "type": "generated", "backend": backend, "status": "finished",
                      "run_dir": f"t1--{backend}"})
     with open(batch / "summary.csv", "w", newline="") as f:

@@ -284,17 +284,21 @@ class App:
             raise SuppressEOTError(f"{name} is not a batch folder under {self.out}")
         return folder
 
-    def study(self, name: str, sets: list[str] | None, backends: list[str] | None):
-        """The batch's finished runs (filtered), its report plots and CLIPScore table."""
-        gr = _gradio()
+    def _finished_runs(self, name: str) -> tuple[Path, list[dict]]:
+        """The batch folder ``name`` and the finished rows of its summary.csv (a bad name: a message in the page)."""
         try:
             folder = self._study_folder(name)
         except SuppressEOTError as exc:
-            raise _error(gr, str(exc)) from None
+            raise _error(_gradio(), str(exc)) from None
+        with open(folder / "summary.csv", newline="") as f:
+            return folder, [r for r in csv.DictReader(f) if r.get("status") == "finished"]
+
+    def study(self, name: str, sets: list[str] | None, backends: list[str] | None):
+        """The batch's finished runs (filtered), its report plots and CLIPScore table."""
+        gr = _gradio()
+        folder, rows = self._finished_runs(name)
         import pandas as pd
 
-        with open(folder / "summary.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("status") == "finished"]
         all_sets = sorted({r.get("set", "") for r in rows})
         all_backends = sorted({r.get("backend", "") for r in rows})
         shown = [r for r in rows if (not sets or r.get("set") in sets) and (not backends or r.get("backend") in backends)]
@@ -312,13 +316,8 @@ class App:
 
     def study_task(self, name: str, task: str):
         """The task's original and suppressed image on every backend it ran on (torch vs Jittor side by side)."""
-        gr = _gradio()
-        try:
-            folder = self._study_folder(name)
-        except SuppressEOTError as exc:
-            raise _error(gr, str(exc)) from None
-        with open(folder / "summary.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("task") == task and r.get("status") == "finished"]
+        folder, rows = self._finished_runs(name)
+        rows = [r for r in rows if r.get("task") == task]
         gallery = []
         for row in rows:
             run_dir = (folder / row["run_dir"]).resolve()
