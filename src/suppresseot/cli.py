@@ -54,9 +54,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="Hugging Face hub id or local diffusers folder of a Stable Diffusion v1 model "
-                        "(default: %(default)s; SD v1.5 works too: stable-diffusion-v1-5/stable-diffusion-v1-5, "
-                        "the hub's copy of the withdrawn runwayml/stable-diffusion-v1-5)")
+                   help="Hugging Face hub id or local diffusers folder of a Stable Diffusion 1.x, 2.x or SDXL model "
+                        "(default: %(default)s; also stable-diffusion-v1-5/stable-diffusion-v1-5, "
+                        "stabilityai/stable-diffusion-2-1-base, stabilityai/stable-diffusion-2-1, "
+                        "stabilityai/stable-diffusion-xl-base-1.0; the family is read from the model's configs)")
     g.add_argument("--backend", choices=["torch", "jittor"], default="torch", help="framework (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: %(default)s)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
@@ -114,6 +115,9 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
     m.add_argument("--all-heads", action="store_true",
                    help="average all attention heads during ITO (the official code averages only the first half; "
                         "default: off)")
+    m.add_argument("--pooled", choices=["keep", "swr"], default="keep",
+                   help="SDXL's pooled text embedding: keep the prompt's, or regularize it with the second encoder's "
+                        "EOT embeddings (docs/families.md; default: %(default)s)")
     s = p.add_argument_group("sampling")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     s.add_argument("--guidance-scale", type=_finite, default=7.5, help="classifier-free guidance (default: "
@@ -185,7 +189,13 @@ def cmd_tokens(args) -> int:
     from .tokens import Tokenizer, token_table
     from .weights import resolve_model
 
-    tokenizer = Tokenizer.from_pretrained(resolve_model(args.model)) if args.model else shipped_tokenizer()
+    if args.model:  # that model's tokenizer; with two (SDXL), the second, whose "!" padding the table shows
+        from .families import detect_family
+
+        model_dir = resolve_model(args.model)
+        tokenizer = Tokenizer.from_pretrained(model_dir, detect_family(model_dir).text_encoders[-1].tokenizer)
+    else:
+        tokenizer = shipped_tokenizer()
     print(token_table(tokenizer, args.prompt).format())
     return 0
 
@@ -199,7 +209,8 @@ def _settings(args):
     for alpha, tau in itertools.product(args.alpha, args.tau):
         runs.append(SuppressionSettings(alpha=alpha, tau=tau, method=args.method, iterations=args.iterations,
                                         max_step_to_erase=args.max_step_to_erase, lambdas=lambdas,
-                                        step_scale=args.step_scale, all_heads=args.all_heads).validate())
+                                        step_scale=args.step_scale, all_heads=args.all_heads,
+                                        pooled=args.pooled).validate())
     return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
 
 

@@ -14,8 +14,9 @@ from .errors import SuppressEOTError
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 COMPONENTS = ("text_encoder", "unet", "vae", "tokenizer")
 HUB_PATTERNS = [
-    "model_index.json", "scheduler/*.json", "tokenizer/*",
+    "model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*",
     "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder_2/config.json", "text_encoder_2/model.safetensors",  # SDXL
     "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
 ]
