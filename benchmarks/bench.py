@@ -80,7 +80,7 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "explicit", "eager", "fast", "compiled", "jittor", "diffusers")
+IMPLS = ("diffusers", "official", "faithful", "explicit", "eager", "fast", "compiled", "jittor")  # run order
 # --size: (family, random_model size, latent side, extra); sd-v1/tiny go through save_random_model
 FAMILY_SIZES = {"sdxl": ("sdxl", "sdxl", 128, {}), "sd2.1": ("sd2", "sd2.1", 96, {"prediction_type": "v_prediction"}),
                 "tiny-sdxl": ("sdxl", "tiny", 16, {}), "tiny-sd2": ("sd2", "tiny", 16, {"prediction_type": "v_prediction"})}
