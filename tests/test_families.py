@@ -13,6 +13,7 @@ from conftest import TOKENIZER_DIR
 
 pytest.importorskip("diffusers")
 
+from suppresseot.algorithm.ddim import DDIMSchedule  # noqa: E402
 from suppresseot.algorithm.swr import EmbeddingLayout, regularize_matrix, soft_weight_regularize  # noqa: E402
 from suppresseot.errors import SuppressEOTError  # noqa: E402
 from suppresseot.families import detect_family  # noqa: E402
@@ -162,3 +163,25 @@ def test_sdxl_suppression_runs_and_records_family(models, tmp_path):
     assert not np.allclose(result.final_latents[0], result.final_latents[1])
     record = json.loads((result.save(tmp_path) / "run.json").read_text())
     assert (record["family"], record["prediction_type"]) == ("sdxl", "epsilon")
+
+
+@pytest.mark.parametrize("config", [
+    {"timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+    {"timestep_spacing": "linspace", "set_alpha_to_one": True, "steps_offset": 0},
+    {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
+])
+def test_schedule_from_config_is_diffusers_ddim(config):
+    """Timesteps and alphas as DDIMScheduler computes them from the same config (missing keys: its defaults)."""
+    from diffusers import DDIMScheduler
+
+    from suppresseot.families import ScheduleConfig
+
+    full = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
+            "set_alpha_to_one": False, **config}
+    ours = ScheduleConfig.from_json(full)
+    schedule = DDIMSchedule.from_config(7, ours)
+    reference = DDIMScheduler(**full)
+    reference.set_timesteps(7)
+    assert list(schedule.timesteps) == reference.timesteps.tolist()
+    np.testing.assert_allclose(schedule.alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5)  # cumprod order
+    assert schedule.alpha(-1) == pytest.approx(float(reference.final_alpha_cumprod), rel=1e-5)
