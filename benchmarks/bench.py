@@ -15,7 +15,13 @@ loads the same weights with no download, then runs each implementation on each m
 - ``compiled``: ``fast`` with ``compile_unet=True`` (``--compile``: the UNet calls that record no maps run
   through torch.compile; compilation happens in the untimed warm-up and is reported under ``setup_s``);
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``); skipped with its reason
-  when jittor cannot run here.
+  when jittor cannot run here;
+- ``diffusers``: diffusers' own plain pipeline (``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline`` as
+  the folder says) generating one image, bf16, SDPA, the folder's DDIM scheduler: the baseline the other
+  families are held to (generated modes only; ``x diffusers`` = ours s / its gen s, in the same run).
+
+``--size`` picks the random model's shape: ``sd-v1`` (SD v1.4), ``sdxl`` (SDXL base, 1024 px), ``sd2.1``
+(SD 2.1, 768 px, v-prediction), or the tiny CPU versions ``tiny``, ``tiny-sdxl``, ``tiny-sd2``.
 
 Modes: ``gen0`` (generated, ITO off), ``gen10`` (generated, 10 ITO iterations per step), ``real_npi``
 and ``real_nt`` (a real photo, negative-prompt / null-text inversion, then SWR + ITO).
@@ -64,7 +70,7 @@ if (REPO / "src" / "suppresseot").is_dir():  # measure this checkout, installed 
 from suppresseot.api import SuppressEOT  # noqa: E402
 from suppresseot.config import InversionSettings, SuppressionSettings  # noqa: E402
 from suppresseot.errors import BackendUnavailable  # noqa: E402
-from suppresseot.random_model import save_random_model  # noqa: E402
+from suppresseot.random_model import save_random_family, save_random_model  # noqa: E402
 from suppresseot.study.memory import MemorySampler  # noqa: E402
 
 DATA = REPO / "src" / "suppresseot" / "data"
@@ -74,7 +80,10 @@ MODES = {  # name: (kind, inversion, ITO iterations per step)
     "real_npi": ("real", "npi", 10),
     "real_nt": ("real", "nt", 10),
 }
-IMPLS = ("official", "faithful", "explicit", "eager", "fast", "compiled", "jittor")
+IMPLS = ("diffusers", "official", "faithful", "explicit", "eager", "fast", "compiled", "jittor")  # run order
+# --size: (family, random_model size, latent side, extra); sd-v1/tiny go through save_random_model
+FAMILY_SIZES = {"sdxl": ("sdxl", "sdxl", 128, {}), "sd2.1": ("sd2", "sd2.1", 96, {"prediction_type": "v_prediction"}),
+                "tiny-sdxl": ("sdxl", "tiny", 16, {}), "tiny-sd2": ("sd2", "tiny", 16, {"prediction_type": "v_prediction"})}
 # Stages grouped so the official code's timers (which wrap whole functions) line up with ours.
 STAGE_GROUPS = {"inversion_text_encoding": "inversion", "vae_encode": "inversion", "ddim_inversion": "inversion",
                 "null_text": "null_text", "text_encoding": "sampling", "swr_ito_sampling": "sampling",
@@ -257,7 +266,40 @@ class Ours:
         return dict(r.seconds), r.final_latents, dict(r.memory)
 
 
+class Diffusers:
+    """diffusers' own pipeline for the folder, plain: bf16 weights, its default (SDPA) attention, one image
+    generated and decoded per run. Real-photo modes have no such baseline."""
+
+    name, measures_torch_memory = "diffusers", True
+
+    def __init__(self, model_dir: Path, device: str, dtype: str, settings: Settings):
+        from diffusers import DiffusionPipeline
+
+        self.settings, self.latents = settings, None
+        self.pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=getattr(torch, dtype)).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def run(self, mode: str, steps: int, null_text_steps: int):
+        if MODES[mode][0] != "generated":
+            raise ValueError("diffusers' plain pipeline is the baseline for generated images only")
+        s = self.settings
+
+        def keep(pipe, i, t, kwargs):
+            self.latents = kwargs["latents"].float().cpu().numpy()
+            return kwargs
+
+        start = time.perf_counter()
+        self.pipe(s.gen_prompt, num_inference_steps=steps, guidance_scale=s.guidance_scale, output_type="np",
+                  generator=torch.Generator().manual_seed(s.seed), callback_on_step_end=keep)
+        return {"sampling": time.perf_counter() - start}, self.latents, {}
+
+    def close(self):
+        self.pipe = None
+
+
 def load(impl: str, args, settings: Settings):
+    if impl == "diffusers":
+        return Diffusers(args.model_dir, args.device, args.fast_dtype, settings)
     if impl == "official":
         return Official(args.reference, args.model_dir, args.device, settings)
     backend = "jittor" if impl == "jittor" else "torch"
@@ -350,6 +392,10 @@ def summarize(results: dict, latents: dict, modes: list[str]) -> dict:
             if impl not in ("official", "faithful"):
                 row[impl]["latent_rel_diff_vs_faithful"] = relative(latents.get((impl, mode)),
                                                                     latents.get(("faithful", mode)))
+        base = next((r for m, r in results.get("diffusers", {}).items() if "total_s" in r), None)
+        for impl, cells in row.items():
+            if base is not None and impl != "diffusers":  # same run, one plain generated image
+                cells["x_diffusers"] = cells["total_s"] / base["total_s"]
         summary[mode] = row
     return summary
 
@@ -375,6 +421,9 @@ def markdown(report: dict) -> str:
                  + [fmt(get(i, "latent_rel_diff_vs_faithful"), ".1e") for i in ours if i != "faithful"])
         lines.append("| " + " | ".join(cells) + " |")
     s = report["settings"]
+    lines += [f"\nx diffusers (ours s / diffusers' plain generation s, same run), {mode}: "
+              + ", ".join(f"{i} {fmt(c.get('x_diffusers'), suffix='x')}" for i, c in row.items() if "x_diffusers" in c)
+              for mode, row in report["summary"].items() if any("x_diffusers" in c for c in row.values())]
     lines += ["", f"{s['steps']} DDIM steps, {s['null_text_steps']} null-text steps per step, {report['device']}; "
               "speedup = official s / ours s, mem ratio = ours / official peak allocated (jittor: live "
               "variables at its allocators' peak, from an untimed run, where --jittor-memory measured it), "
@@ -431,8 +480,9 @@ def environment(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=("sd-v1", "tiny"), default="sd-v1",
-                   help="random model shape: sd-v1 (real SD v1.4 cost, for the GPU) or tiny (CPU)")
+    p.add_argument("--size", choices=("sd-v1", "tiny", *FAMILY_SIZES), default="sd-v1",
+                   help="random model shape: sd-v1 (real SD v1.4 cost, for the GPU), sdxl (SDXL base, 1024 px), "
+                        "sd2.1 (768 px, v-prediction), or tiny, tiny-sdxl, tiny-sd2 (CPU)")
     p.add_argument("--model-dir", type=Path, help="diffusers folder to build/reuse (default .bench/random-<size>)")
     p.add_argument("--reference", type=Path, help="snapshot of github sen-mao/SuppressEOT; without it, no official runs")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
@@ -523,7 +573,12 @@ def main(argv=None) -> dict:
     (out / "latents").mkdir(parents=True, exist_ok=True)
     if not (args.model_dir / "model_index.json").exists():
         print(f"building the random {args.size} model in {args.model_dir}", file=sys.stderr)
-        save_random_model(args.model_dir, DATA / "clip-tokenizer", size=args.size, seed=0)
+        if args.size in FAMILY_SIZES:
+            family, size, latent, extra = FAMILY_SIZES[args.size]
+            save_random_family(args.model_dir, DATA / "clip-tokenizer", family, size=size, seed=0, latent_size=latent,
+                               device=args.device, **extra)
+        else:
+            save_random_model(args.model_dir, DATA / "clip-tokenizer", size=args.size, seed=0)
     report = {**environment(args), "settings": {**asdict(settings), "photo_prompt": settings.photo_prompt,
                                                 "fast_dtype": args.fast_dtype, "impls": args.impls, "modes": args.modes},
               "setup_s": {}, "results": {}, "summary": {}}

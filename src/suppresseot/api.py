@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from .algorithm import pipeline
-from .algorithm.ddim import DDIMSchedule
 from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, SamplingSettings,
                      SuppressionSettings)
 from .errors import SuppressEOTError
+from .families import Family, detect_family
 from .images import center_crop, load_square
 from .tokens import TokenTable, Tokenizer, resolve_groups, token_table
 from .weights import DEFAULT_MODEL, LoRA, resolve_model
@@ -98,6 +98,7 @@ class SuppressionResult:
     model: str = ""
     loras: list = field(default_factory=list)  # {"file", "sha256", "scale"} of each LoRA fused into the model
     group_size: int = 1  # tasks run together (their seconds and memory are the group's)
+    family: dict = field(default_factory=dict)  # ``Family.describe()``: family, prediction type, sizes
 
     def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
         """Write the run directory (see README); ``extra`` adds keys to its run.json."""
@@ -139,6 +140,10 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
         if torch_options.get("compile_unet"):
             raise SuppressEOTError("--compile (torch.compile) is an option of the PyTorch backend; the Jittor "
                                    "backend compiles its kernels itself: drop --compile or use --backend torch")
+        family = detect_family(model_dir)
+        if len(family.text_encoders) > 1 or family.name != "sd1":
+            raise SuppressEOTError(f"{family.name.upper()} runs on --backend torch for now; the Jittor backend runs "
+                                   "Stable Diffusion 1.x")
         from .backends.jittor.backend import JittorBackend
 
         return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast)
@@ -146,18 +151,23 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
 
 
 class SuppressEOT:
-    """A loaded Stable Diffusion v1 model on one backend, ready to suppress content."""
+    """A loaded Stable Diffusion model (SD 1.x, 2.x or SDXL, see ``families``) on one backend, ready to
+    suppress content."""
 
     def __init__(self, backend, tokenizer: Tokenizer, model: str = "", progress: bool = True,
                  loras: list | None = None, on_step=None):
         self.backend = backend
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the first encoder's: token indices are the same for every encoder
         self.model = model
         self.progress = progress
         self.loras = list(loras or [])  # records of the LoRAs fused into the weights (run.json keeps them)
         # on_step(stage, step): called before every denoising, inversion and null-text step; an exception
         # raised there stops the run there (the web app's Cancel), like diffusers' callback_on_step_end
         self.on_step = on_step
+        self.family: Family = backend.family
+        # one tokenizer per text encoder (SDXL's second pads with "!" where the first repeats the end token)
+        self.tokenizers = [tokenizer] + [Tokenizer.from_pretrained(backend.model_dir, subfolder=e.tokenizer)
+                                         for e in self.family.text_encoders[1:]]
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, backend: str = "torch", device: str = "auto",
@@ -188,15 +198,22 @@ class SuppressEOT:
 
     # --- helpers ------------------------------------------------------------------------------
     def tokens(self, prompt: str) -> TokenTable:
-        return token_table(self.tokenizer, prompt)
+        return token_table(self.tokenizers[-1], prompt)  # the last encoder's padding (SDXL: "!") is shown
 
     def resolve(self, prompt: str, suppress) -> list[list[int]]:
         """Token groups for ``suppress``: an index, a list of indices, a word/phrase, or a list of those groups."""
         return resolve_groups(self.tokenizer, self.tokens(prompt), suppress)
 
     def _embed(self, prompt: str):
-        ids = self.tokenizer.padded_ids(prompt)
-        return self.backend.encode_text(ids)
+        if len(self.tokenizers) == 1:
+            return self.backend.encode_text(self.tokenizer.padded_ids(prompt))
+        return self.backend.encode_text([tokenizer.padded_ids(prompt) for tokenizer in self.tokenizers])
+
+    def _uncond(self):
+        """The unconditional embedding: "" encoded, or zeros where the model's pipeline zeroes it (SDXL's
+        force_zeros_for_empty_prompt, pooled embedding included)."""
+        uncond = self._embed("")
+        return uncond * 0.0 if self.family.zero_uncond else uncond
 
     def _group(self, prompt: str, suppress) -> tuple[TokenTable, list[int]]:
         """One edit's token group: an index, a word/phrase, or a list of those."""
@@ -225,11 +242,11 @@ class SuppressEOT:
             self.tokens(prompt)  # validates the prompt
         crops = [self._crop(image) for image in images]
         backend = self.backend
-        schedule = DDIMSchedule.create(sampling.num_steps)
+        schedule = self.family.schedule(sampling.num_steps)
         timer = StageTimer(backend)
         with timer("inversion_text_encoding"):  # its own name: edit() merges these stages with the edit's
             text = backend.cat([self._embed(prompt) for prompt in prompts])
-            uncond = backend.cat([self._embed("")] * len(prompts))
+            uncond = backend.cat([self._uncond()] * len(prompts))
         with timer("vae_encode"):
             encoded = [backend.vae_encode(crop) for crop in crops]
             reconstructions = [backend.vae_decode(latent)[0] for latent in encoded]
@@ -322,7 +339,7 @@ class SuppressEOT:
             self.tokens(prompt)
         starts = [self.backend.initial_latent(int(seed)) for seed in seeds]
         with self.backend.no_grad():
-            uncond = self._embed("")
+            uncond = self._uncond()
         results = self._suppress_many("generated", prompts, suppress, settings, sampling, step_scale, starts,
                                       [[uncond] * sampling.num_steps] * len(prompts), decode)
         for result, seed in zip(results, seeds):
@@ -338,7 +355,7 @@ class SuppressEOT:
             raise SuppressEOTError("give one token group per prompt")
         groups = [self._group(prompt, what) for prompt, what in zip(prompts, suppress)]
         backend = self.backend
-        schedule = DDIMSchedule.create(sampling.num_steps)
+        schedule = self.family.schedule(sampling.num_steps)
         k = len(prompts)
         timer = StageTimer(backend)
         with timer("text_encoding"):
@@ -350,6 +367,7 @@ class SuppressEOT:
             outs = pipeline.suppress_many(backend, schedule, start, text, text_np, uncond,
                                           [table.n for table, _ in groups], [group for _, group in groups],
                                           settings, sampling, step_scale, progress=self.progress,
+                                          resolution=self.family.maps_resolution, layout=self.family.layout,
                                           on_step=self.on_step)
         images = [(None, None)] * k
         if decode:
@@ -363,5 +381,5 @@ class SuppressEOT:
             sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
             self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
             seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model,
-            loras=self.loras, group_size=k)
+            loras=self.loras, group_size=k, family=self.family.describe())
             for prompt, (table, group), out, pair in zip(prompts, groups, outs, images)]

@@ -85,9 +85,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="Hugging Face hub id, local diffusers folder or single-file checkpoint (.safetensors, "
-                        ".ckpt; converted once into a cached diffusers folder) of a Stable Diffusion v1 model "
-                        "(default: %(default)s; SD v1.5 works too: stable-diffusion-v1-5/stable-diffusion-v1-5, "
-                        "the hub's copy of the withdrawn runwayml/stable-diffusion-v1-5)")
+                        ".ckpt; converted once into a cached diffusers folder) of a Stable Diffusion 1.x, 2.x or "
+                        "SDXL model, the family read from the model's configs (default: %(default)s; also "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1-base, "
+                        "stabilityai/stable-diffusion-2-1, stabilityai/stable-diffusion-xl-base-1.0)")
     g.add_argument("--lora", action="append", type=lambda text: [text, None], metavar="FILE",
                    help="LoRA file (diffusers/PEFT or kohya format) fused into the weights; repeatable")
     g.add_argument("--lora-scale", action=_LoraScale, type=_finite, metavar="S",
@@ -155,6 +156,9 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
     m.add_argument("--all-heads", action="store_true",
                    help="average all attention heads during ITO (the official code averages only the first half; "
                         "default: off)")
+    m.add_argument("--pooled", choices=["keep", "swr"], default="keep",
+                   help="SDXL's pooled text embedding: keep the prompt's, or regularize it with the second encoder's "
+                        "EOT embeddings (docs/families.md; default: %(default)s)")
     s = p.add_argument_group("sampling")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     s.add_argument("--guidance-scale", type=_finite, default=7.5, help="classifier-free guidance (default: "
@@ -227,7 +231,13 @@ def cmd_tokens(args) -> int:
     from .tokens import Tokenizer, token_table
     from .weights import resolve_model
 
-    tokenizer = Tokenizer.from_pretrained(resolve_model(args.model)) if args.model else shipped_tokenizer()
+    if args.model:  # that model's tokenizer; with two (SDXL), the second, whose "!" padding the table shows
+        from .families import detect_family
+
+        model_dir = resolve_model(args.model)
+        tokenizer = Tokenizer.from_pretrained(model_dir, detect_family(model_dir).text_encoders[-1].tokenizer)
+    else:
+        tokenizer = shipped_tokenizer()
     print(token_table(tokenizer, args.prompt).format())
     return 0
 
@@ -241,7 +251,8 @@ def _settings(args):
     for alpha, tau in itertools.product(args.alpha, args.tau):
         runs.append(SuppressionSettings(alpha=alpha, tau=tau, method=args.method, iterations=args.iterations,
                                         max_step_to_erase=args.max_step_to_erase, lambdas=lambdas,
-                                        step_scale=args.step_scale, all_heads=args.all_heads).validate())
+                                        step_scale=args.step_scale, all_heads=args.all_heads,
+                                        pooled=args.pooled).validate())
     return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
 
 

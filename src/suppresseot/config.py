@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .algorithm.losses import Lambdas
-from .algorithm.swr import METHODS
+from .algorithm.swr import METHODS, POOLED
 from .errors import SuppressEOTError
 
 GENERATED_STEP_SCALE = 20.0  # ITO gradient step size for generated images
@@ -24,12 +24,15 @@ class SuppressionSettings:
     lambdas: Lambdas = field(default_factory=Lambdas)
     step_scale: float | None = None  # ITO step size; None: 20 for generated, 5 for real images
     all_heads: bool = False  # False: the official map average (first half of the heads during ITO)
+    pooled: str = "keep"  # SDXL's pooled text embedding: "keep" the prompt's, or "swr" it with encoder 2's EOT
 
     def validate(self) -> "SuppressionSettings":
         if not math.isfinite(self.alpha):
             raise SuppressEOTError(f"alpha must be a finite number, got {self.alpha}")
         if not math.isfinite(self.tau) or not 0.0 <= self.tau <= 1.0:
             raise SuppressEOTError(f"tau must be in [0, 1] (0.8 is the default), got {self.tau}")
+        if self.pooled not in POOLED:
+            raise SuppressEOTError(f"unknown pooled-embedding handling {self.pooled!r}: choose {' or '.join(POOLED)}")
         if self.method not in METHODS:
             raise SuppressEOTError(f"unknown SWR method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.iterations < 0:

@@ -23,10 +23,10 @@ class Tokenizer:
         self.eos_token_id = hf_tokenizer.eos_token_id
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, **hub_kwargs) -> "Tokenizer":
+    def from_pretrained(cls, model: str | os.PathLike, subfolder: str = "tokenizer", **hub_kwargs) -> "Tokenizer":
         from transformers import CLIPTokenizer
 
-        return cls(CLIPTokenizer.from_pretrained(str(model), subfolder="tokenizer", **hub_kwargs))
+        return cls(CLIPTokenizer.from_pretrained(str(model), subfolder=subfolder, **hub_kwargs))
 
     @classmethod
     def from_files(cls, vocab: str | os.PathLike, merges: str | os.PathLike) -> "Tokenizer":
@@ -42,7 +42,8 @@ class Tokenizer:
         return list(self.hf.encode(text, add_special_tokens=False))
 
     def padded_ids(self, text: str) -> list[int]:
-        """77 ids as the pipeline feeds the text encoder (end token repeated as padding)."""
+        """77 ids as the pipeline feeds the text encoder, padded with the tokenizer's pad token: the end token
+        repeated (SD 1, SDXL's first tokenizer) or "!" (SD 2, SDXL's second)."""
         ids = self.encode(text)
         if len(ids) > MAX_LENGTH:
             raise SuppressEOTError(
@@ -63,6 +64,7 @@ class TokenTable:
     prompt: str
     ids: list[int]
     words: list[str]  # decoded text of each token
+    pad: str = "<|endoftext|>"  # the padding token after the end token (SD 2 and SDXL's second tokenizer: "!")
 
     @property
     def n(self) -> int:
@@ -84,7 +86,11 @@ class TokenTable:
         lines = [f"{'index':>5}  {'token':<20} kind", f"{'-' * 5}  {'-' * 20} ----"]
         for row in self.as_rows():
             lines.append(f"{row['index']:>5}  {row['token']:<20} {row['kind']}")
-        lines.append(f"{self.n - 1}..{MAX_LENGTH - 1}: end token and padding (the EOT embeddings SWR edits)")
+        if self.pad == "<|endoftext|>":
+            lines.append(f"{self.n - 1}..{MAX_LENGTH - 1}: end token and padding (the EOT embeddings SWR edits)")
+        else:
+            lines.append(f"{self.n - 1}..{MAX_LENGTH - 1}: end token, then {self.pad!r} padding (the EOT embeddings "
+                         "SWR edits)")
         return "\n".join(lines)
 
 
@@ -95,7 +101,8 @@ def token_table(tokenizer: Tokenizer, prompt: str) -> TokenTable:
     if len(ids) > MAX_LENGTH:
         raise SuppressEOTError(
             f"the prompt has {len(ids) - 2} tokens but CLIP takes at most {MAX_LENGTH - 2}: shorten the prompt")
-    return TokenTable(prompt=prompt, ids=ids, words=[tokenizer.decode_token(i) for i in ids])
+    return TokenTable(prompt=prompt, ids=ids, words=[tokenizer.decode_token(i) for i in ids],
+                      pad=str(tokenizer.hf.pad_token))
 
 
 def find_phrase(tokenizer: Tokenizer, table: TokenTable, phrase: str) -> list[int]:

@@ -1,9 +1,11 @@
 """Deterministic DDIM (eta = 0) sampling and inversion, shared by every backend.
 
-The schedule is Stable Diffusion's (scaled-linear betas 0.00085..0.012, 1000 training steps,
-"leading" timesteps with offset 1, alpha_prev of the last step = alphas_cumprod[0]), computed in float32
-as diffusers does. Coefficients are Python floats holding float32 values, so multiplying a float32
-tensor by them matches diffusers' arithmetic.
+The default schedule is Stable Diffusion's (scaled-linear betas 0.00085..0.012, 1000 training steps,
+"leading" timesteps with offset 1, alpha_prev of the last step = alphas_cumprod[0]); ``from_config`` reads
+a model's scheduler config (SD 2, SDXL) the way diffusers' DDIMScheduler does. Computed in float32 as
+diffusers does: coefficients are Python floats holding float32 values, so multiplying a float32 tensor by
+them matches diffusers' arithmetic. v-prediction models' outputs become noise predictions in one place
+(``as_noise``), so ``move`` and everything built on it serve both prediction types.
 """
 from __future__ import annotations
 
@@ -34,31 +36,71 @@ def move(sample, eps, coefficients):
     return sqrt_to * original + sqrt_beta_to * eps
 
 
+def as_noise(prediction, sample, conversion):
+    """The noise prediction eps from a UNet output at ``sample``: the output itself for epsilon models
+    (``conversion`` None), eps = sqrt(a_t) * v + sqrt(1 - a_t) * x_t for v-prediction models
+    (``conversion`` = ``DDIMSchedule.noise_conversion(t)``, t the timestep the UNet saw)."""
+    if conversion is None:
+        return prediction
+    sqrt_alpha, sqrt_beta = conversion
+    return sqrt_alpha * prediction + sqrt_beta * sample
+
+
 @dataclass(frozen=True)
 class DDIMSchedule:
     num_steps: int
     alphas_cumprod: np.ndarray  # float32, one per training timestep
     timesteps: tuple[int, ...]  # descending, as sampled
     num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    set_alpha_to_one: bool = False  # alpha before the first training step: 1, or alphas_cumprod[0]
 
     @classmethod
     def create(cls, num_steps: int, beta_start: float = 0.00085, beta_end: float = 0.012,
-               num_train_timesteps: int = 1000, steps_offset: int = 1) -> "DDIMSchedule":
+               num_train_timesteps: int = 1000, steps_offset: int = 1, beta_schedule: str = "scaled_linear",
+               timestep_spacing: str = "leading", prediction_type: str = "epsilon",
+               set_alpha_to_one: bool = False) -> "DDIMSchedule":
         if num_steps < 1 or num_steps > num_train_timesteps:
             raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {num_steps}")
-        betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float32) ** 2
+        if beta_schedule == "scaled_linear":
+            betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float32) ** 2
+        else:  # "linear"
+            betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32)
         alphas_cumprod = np.cumprod(np.float32(1.0) - betas, dtype=np.float32)
-        ratio = num_train_timesteps // num_steps
-        timesteps = (np.arange(num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
-        return cls(num_steps, alphas_cumprod, tuple(int(t) for t in timesteps), num_train_timesteps)
+        if timestep_spacing == "leading":
+            ratio = num_train_timesteps // num_steps
+            timesteps = (np.arange(num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
+        elif timestep_spacing == "trailing":
+            timesteps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)).astype(np.int64) - 1
+        else:  # "linspace"
+            timesteps = np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].astype(np.int64)
+        return cls(num_steps, alphas_cumprod, tuple(int(t) for t in timesteps), num_train_timesteps,
+                   prediction_type, bool(set_alpha_to_one))
+
+    @classmethod
+    def from_config(cls, num_steps: int, config) -> "DDIMSchedule":
+        """The schedule of a ``families.ScheduleConfig`` (a model's scheduler config)."""
+        return cls.create(num_steps, config.beta_start, config.beta_end, config.num_train_timesteps,
+                          config.steps_offset, config.beta_schedule, config.timestep_spacing,
+                          config.prediction_type, config.set_alpha_to_one)
 
     @property
     def step_ratio(self) -> int:
         return self.num_train_timesteps // self.num_steps
 
     def alpha(self, t: int) -> np.float32:
-        """alphas_cumprod at t; before the first training step it is alphas_cumprod[0] (set_alpha_to_one=False)."""
-        return self.alphas_cumprod[t] if t >= 0 else self.alphas_cumprod[0]
+        """alphas_cumprod at t; before the first training step alphas_cumprod[0] (or 1 with set_alpha_to_one)."""
+        if t >= 0:
+            return self.alphas_cumprod[t]
+        return np.float32(1.0) if self.set_alpha_to_one else self.alphas_cumprod[0]
+
+    def noise_conversion(self, t: int) -> tuple[float, float] | None:
+        """``as_noise``'s coefficients for a UNet output at timestep t: None for epsilon models,
+        (sqrt a_t, sqrt(1 - a_t)) as float32 values for v-prediction ones."""
+        if self.prediction_type == "epsilon":
+            return None
+        alpha = self.alpha(t)
+        return float(np.sqrt(alpha)), float(np.sqrt(np.float32(1.0) - alpha))
 
     @staticmethod
     def coefficients_between(alpha_from: np.float32, alpha_to: np.float32) -> tuple[float, ...]:

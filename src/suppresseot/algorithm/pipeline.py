@@ -5,6 +5,9 @@ Reads top to bottom like the method: each function takes a backend (models + a f
 The defaults reproduce the official implementation step for step (batch layout included), so results
 match it within float32 rounding.
 
+Model families (``suppresseot.families``) enter as data: the schedule (v-prediction outputs become noise
+predictions in ``as_noise``), the maps' resolution and the embedding layout SWR reads.
+
 Each repeated step (an inversion step, a null-text iteration, an ITO pass, a denoising step) is a pure
 function of tensors and numbers handed to ``backend.compile_step``: whatever changes between calls comes
 in as an argument, so the PyTorch backend can replay it as a CUDA graph.
@@ -18,10 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import InversionSettings, SamplingSettings, SuppressionSettings
-from .attention import ALL_PLACES, CROSS_REFERENCE_PLACES, AttentionRecorder
-from .ddim import DDIMSchedule, divide_by_scalar, move
+from .attention import ALL_PLACES, CROSS_REFERENCE_PLACES, RESOLUTION, AttentionRecorder
+from .ddim import DDIMSchedule, as_noise, divide_by_scalar, move
 from .losses import LossWeights, attention_loss, loss_weights
-from .swr import soft_weight_regularize
+from .swr import EmbeddingLayout, soft_weight_regularize
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -34,8 +37,8 @@ ADAM_EPS = 1e-8
 def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool = True, on_step=None) -> list:
     """Run DDIM backwards (conditional prediction only); returns the latents z_0 .. z_T. ``on_step(stage, i)``,
     here and in the other loops, is called before every step: raising there stops the run (the app's Cancel)."""
-    def inversion_step(latent, t, text, coefficients):
-        return move(latent, backend.unet(latent, t, text), coefficients)
+    def inversion_step(latent, t, text, coefficients, conversion):
+        return move(latent, as_noise(backend.unet(latent, t, text), latent, conversion), coefficients)
 
     step = backend.compile_step(inversion_step)
     latents = [latent]
@@ -44,7 +47,7 @@ def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool
                                    leave=False)):
             if on_step is not None:
                 on_step("ddim_inversion", i)
-            latent = step(latent, t, text, schedule.inverse_coefficients(t))
+            latent = step(latent, t, text, schedule.inverse_coefficients(t), schedule.noise_conversion(t))
             latents.append(latent)
     return latents
 
@@ -88,12 +91,13 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     def guided(eps_uncond, eps_cond):
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
-    def conditional_noise(current, t, text):
-        return backend.unet(current, t, text)
+    def conditional_noise(current, t, text, conversion):
+        return as_noise(backend.unet(current, t, text), current, conversion)
 
-    def optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, step_size, bias_correction2):
+    def optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, conversion, step_size,
+                          bias_correction2):
         def reconstruction_loss(embedding):
-            eps = guided(backend.unet(current, t, embedding), eps_cond)
+            eps = guided(as_noise(backend.unet(current, t, embedding), current, conversion), eps_cond)
             error = (move(current, eps, coefficients) - target) ** 2
             if k == 1:  # the official loss, reduced as it reduces it
                 return error.mean(), None
@@ -104,8 +108,9 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         uncond, m, v = adam_update(uncond, grad, m, v, step_size, bias_correction2)
         return uncond, m, v, loss if aux is None else aux["per_photo"]
 
-    def denoising_step(current, t, uncond, text, coefficients):
-        eps = backend.unet(backend.cat([current, current]), t, backend.cat([uncond, text]))
+    def denoising_step(current, t, uncond, text, coefficients, conversion):
+        doubled = backend.cat([current, current])
+        eps = as_noise(backend.unet(doubled, t, backend.cat([uncond, text])), doubled, conversion)
         return move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
     conditional_noise = backend.compile_step(conditional_noise)
@@ -120,15 +125,16 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         if on_step is not None:
             on_step("null_text", i)
         target = latents[n - 1 - i]
-        coefficients = schedule.coefficients(t)
+        coefficients, conversion = schedule.coefficients(t), schedule.noise_conversion(t)
         with backend.no_grad():
-            eps_cond = conditional_noise(current, t, text)
+            eps_cond = conditional_noise(current, t, text, conversion)
         m, v = uncond * 0.0, uncond * 0.0
         lr = settings.learning_rate * (1.0 - i / 100.0)
         threshold = settings.early_stop_epsilon + i * 2e-5
 
         def launch(j, uncond, m, v):
-            return optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, *adam_scalars(j + 1, lr))
+            return optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, conversion,
+                                     *adam_scalars(j + 1, lr))
 
         active = [True] * k
         pending = launch(0, uncond, m, v)
@@ -162,7 +168,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         bar.set_postfix(loss=f"{max(values):.3g}")
         per_step.append(uncond)
         with backend.no_grad():
-            current = denoising_step(current, t, uncond, text, coefficients)
+            current = denoising_step(current, t, uncond, text, coefficients, conversion)
     bar.close()
     return per_step
 
@@ -173,11 +179,11 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
 
 @dataclass
 class SuppressionOutput:
-    final_latents: object  # backend tensor (2, 4, 64, 64): original branch, suppressed branch
+    final_latents: object  # backend tensor (2, 4, 64, 64) for SD v1: original branch, suppressed branch
     first_swr_embedding: np.ndarray | None  # the edited embedding at the first regularized step (before ITO)
     ito_log: list = field(default_factory=list)  # rows: step, timestep, iteration, losses, seconds
-    cross_attention: np.ndarray | None = None  # (2, 16, 16, 77) mean over steps, per branch
-    self_attention: np.ndarray | None = None  # (2, 16, 16, 256)
+    cross_attention: np.ndarray | None = None  # (2, res, res, 77) mean over steps, per branch (SD v1: res 16)
+    self_attention: np.ndarray | None = None  # (2, res, res, res * res)
 
 
 def _maps(recorder: AttentionRecorder, backend, all_heads: bool, cross_places, tasks: int):
@@ -203,7 +209,7 @@ class InferenceTimeOptimization:
     """
 
     def __init__(self, backend, schedule: DDIMSchedule, n_tokens: list[int], token_indices: list[list[int]],
-                 settings: SuppressionSettings, step_scale: float):
+                 settings: SuppressionSettings, step_scale: float, resolution: int = RESOLUTION):
         self.backend, self.schedule = backend, schedule
         self.n_tokens, self.token_indices = n_tokens, token_indices
         self.settings, self.step_scale = settings, step_scale
@@ -211,13 +217,13 @@ class InferenceTimeOptimization:
         tasks = len(n_tokens)
 
         def reference_maps(latent_original, t, text):
-            recorder = AttentionRecorder()
+            recorder = AttentionRecorder(resolution)
             backend.record_attention(latent_original, t, text, recorder)
             return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES, tasks)
 
         def optimization_step(edited, latent_edited, t, cross_reference, self_reference, weights, factor):
             def loss_of(embedding):
-                recorder = AttentionRecorder()
+                recorder = AttentionRecorder(resolution)
                 backend.record_attention(latent_edited, t, embedding, recorder)
                 cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES, tasks)
                 totals, parts = zip(*(attention_loss(cross_reference[b], cross[b], self_reference[b], self_[b],
@@ -266,21 +272,24 @@ class InferenceTimeOptimization:
 def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: np.ndarray, uncond_per_step: list,
                   n_tokens: list[int], token_indices: list[list[int]], settings: SuppressionSettings,
                   sampling: SamplingSettings, step_scale: float, capture_maps: bool = True,
-                  progress: bool = True, on_step=None) -> list[SuppressionOutput]:
+                  progress: bool = True, resolution: int = RESOLUTION,
+                  layout: EmbeddingLayout | None = None, on_step=None) -> list[SuppressionOutput]:
     """Denoise the original and the suppressed branch side by side (the result is the second), for K tasks
     at once: ``start_latent``, ``text`` and each ``uncond_per_step`` entry hold K samples (``text_np``:
     (K, 77, D)), each task with its own tokens; they share the settings. The UNet sees the K originals,
-    then the K edited samples (K = 1: the official batch layout)."""
+    then the K edited samples (K = 1: the official batch layout). ``resolution``: the side of the maps the ITO
+    losses read (the family's); ``layout``: the embedding's column blocks and pooled row (see ``swr``)."""
     tasks = len(n_tokens)
     guidance = sampling.guidance_scale
     first = settings.first_step(schedule.num_steps)
     ito_steps = settings.ito_steps(schedule.num_steps)
-    ito = InferenceTimeOptimization(backend, schedule, n_tokens, token_indices, settings, step_scale)
+    ito = InferenceTimeOptimization(backend, schedule, n_tokens, token_indices, settings, step_scale, resolution)
 
-    def denoising_step(latents, t, uncond, text, edited, coefficients):
-        recorder = AttentionRecorder() if capture_maps else None
-        eps_uncond = backend.unet(latents, t, backend.cat([uncond, uncond]))
-        eps_cond = backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder)
+    def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
+        recorder = AttentionRecorder(resolution) if capture_maps else None
+        eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion)
+        eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,
+                            conversion)
         latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
         maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
                                                                tasks=tasks, branches=2)
@@ -294,7 +303,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     swr, swr_regularized, swr_embedding = [], [False] * tasks, None
     if first < schedule.num_steps:
         swr = [soft_weight_regularize(text_np[b:b + 1], token_indices[b], n_tokens[b], settings.alpha,
-                                      settings.method) for b in range(tasks)]
+                                      settings.method, layout, settings.pooled) for b in range(tasks)]
         swr_regularized = [not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
         swr_embedding = backend.from_numpy(np.concatenate(swr))
     edited, regularized = text, [False] * tasks
@@ -318,7 +327,8 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
             bar.set_postfix(loss=f"{max(o.ito_log[-1]['total'] for o, r in zip(outs, regularized) if r):.4g}")
         uncond = uncond_per_step[i]
         with backend.no_grad():
-            latents, step_maps = denoising_step(latents, t, uncond, text, edited, schedule.coefficients(t))
+            latents, step_maps = denoising_step(latents, t, uncond, text, edited, schedule.coefficients(t),
+                                                schedule.noise_conversion(t))
         if step_maps:
             map_sums = step_maps if map_sums is None else [s + m for s, m in zip(map_sums, step_maps)]
     bar.close()

@@ -1,4 +1,8 @@
-"""PyTorch backend: diffusers' UNet and VAE, transformers' CLIP text encoder, torch autograd.
+"""PyTorch backend: diffusers' UNet and VAE, transformers' CLIP text encoders, torch autograd.
+
+Every family of ``suppresseot.families`` (SD 1.x, 2.x, SDXL) runs here: the family says which text encoders
+to load and how their outputs make the conditioning tensor; SDXL's pooled embedding travels as one extra
+row of that tensor (see ``encode_text``), so the algorithm handles a single tensor for every family.
 
 Attention maps are read through diffusers' attention-processor API (``set_attn_processor``), not by
 replacing module ``forward``s, so the code follows diffusers releases. The processor computes
@@ -172,11 +176,15 @@ class TorchBackend:
                  offload_models: bool | None = None, fused_attention: bool | None = None,
                  compile_unet: "bool | str | Callable" = False):
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        from ..families import detect_family
 
         if dtype not in DTYPES:
             raise SuppressEOTError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.device = pick_device(device)
+        self.model_dir = Path(model_dir)
+        self.family = detect_family(model_dir)
         self.dtype = dtype
         self.torch_dtype = DTYPES[dtype]
         on_gpu = self.device.startswith("cuda")
@@ -221,28 +229,35 @@ class TorchBackend:
             self.strict_fp32 = strict
         try:
             load = dict(torch_dtype=self.torch_dtype)
-            self.text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
+            self.text_encoders = [(CLIPTextModelWithProjection if e.pooled else CLIPTextModel).from_pretrained(
+                model_dir, subfolder=e.subfolder, **load) for e in self.family.text_encoders]
+            self.text_encoder = self.text_encoders[0]
             self.unet_model = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
             self.vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **load)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise SuppressEOTError(f"could not load the model from {model_dir}: {str(exc).splitlines()[0]}") from exc
         # The text encoder and the VAE wait in CPU memory between uses on a GPU (HostResident); the UNet stays.
         self.offload_models = (True if offload_models is None else bool(offload_models)) and on_gpu
-        for module in (self.text_encoder, self.unet_model, self.vae):
+        for module in (*self.text_encoders, self.unet_model, self.vae):
             module.eval().requires_grad_(False)
         self.unet_model.to(self.device)
-        if self.offload_models:
-            self._text_encoder = HostResident(self.text_encoder, self.device)
-            self._vae = HostResident(self.vae, self.device)
-        else:
-            self.text_encoder.to(self.device)
-            self.vae.to(self.device)
+        self._resident = {}
+        for module in (*self.text_encoders, self.vae):
+            if self.offload_models:
+                self._resident[id(module)] = HostResident(module, self.device)
+            else:
+                module.to(self.device)
         # NHWC convolutions on a GPU: cuDNN's kernels (TF32 or bf16 tensor cores) work in NHWC and otherwise
         # transpose every input and output (fp32 null-text iteration on an H200: 6 of 60 ms of kernels; a
         # graphed bf16 one takes 16.5 instead of 20.5 ms on the H100, profile_fast.py). Same arithmetic.
         self.use_channels_last(on_gpu if channels_last is None else bool(channels_last))
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.latent_size, self.image_size = sample_sizes(dict(self.unet_model.config), dict(self.vae.config))
+        # SDXL's size conditioning: (original size, crop top-left, target size), as diffusers' pipeline defaults
+        # it for an uncropped image at the model's size; made once (no host-to-device copy inside a CUDA graph)
+        self._time_ids = (torch.tensor([[self.image_size, self.image_size, 0, 0, self.image_size, self.image_size]],
+                                       dtype=torch.float32, device=self.device) if self.family.time_ids else None)
+        self._pooled = self.family.layout.pooled_columns()
         # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
         self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
                                             for name in self.unet_model.attn_processors})
@@ -274,7 +289,7 @@ class TorchBackend:
     def _on_device(self, module):
         """Context giving ``module`` on the device: copied there for the call when offloaded."""
         if self.offload_models:
-            return (self._text_encoder if module is self.text_encoder else self._vae).on_device()
+            return self._resident[id(module)].on_device()
         return nullcontext(module)
 
     def use_channels_last(self, flag: bool) -> None:
@@ -282,9 +297,30 @@ class TorchBackend:
         self.channels_last = bool(flag)
         self.unet_model.to(memory_format=torch.channels_last if flag else torch.contiguous_format)
 
-    def encode_text(self, ids: list[int]):
-        with torch.no_grad(), self._on_device(self.text_encoder) as text_encoder:
-            return text_encoder(torch.tensor([ids], device=self.device))[0].float()
+    def encode_text(self, ids: list):
+        """(1, 77, D) token embeddings for 77 padded ids, or for one id list per text encoder (SDXL): their
+        penultimate hidden states side by side (1, 77, 768 + 1280), then one row with the pooled projection
+        of encoder 2 in its columns (1, 78, 2048), as diffusers' SDXL pipeline conditions the UNet."""
+        per_encoder = ids if ids and isinstance(ids[0], (list, tuple)) else [ids]
+        if len(per_encoder) != len(self.text_encoders):
+            raise SuppressEOTError(f"{len(per_encoder)} id lists for {len(self.text_encoders)} text encoders")
+        if len(per_encoder) == 1 and not self.family.text_encoders[0].pooled and \
+                self.family.text_encoders[0].hidden_layer == "last":  # SD 1 and 2: the last hidden state
+            with torch.no_grad(), self._on_device(self.text_encoder) as text_encoder:
+                return text_encoder(torch.tensor(per_encoder, device=self.device))[0].float()
+        hidden, pooled = [], None
+        for spec, module, one in zip(self.family.text_encoders, self.text_encoders, per_encoder):
+            with torch.no_grad(), self._on_device(module) as encoder:
+                out = encoder(torch.tensor([one], device=self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2] if spec.hidden_layer == "penultimate" else out[0])
+            if spec.pooled:
+                pooled = out.text_embeds
+        context = torch.cat(hidden, dim=-1).float()
+        if self._pooled is None:
+            return context
+        row = context.new_zeros(1, 1, context.shape[-1])
+        row[0, 0, self._pooled] = pooled.float()
+        return torch.cat([context, row], dim=1)
 
     def unet(self, latents, t: int, context, recorder=None):
         self.recorder = recorder
@@ -297,7 +333,13 @@ class TorchBackend:
                 model = self._compiled_unet
                 if not isinstance(t, torch.Tensor):  # a Python int would be a constant: one compilation per step
                     t = torch.tensor(t, device=self.device)
-            return model(latents.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.float()
+            extra = {}
+            if self._time_ids is not None:  # SDXL: the pooled row goes to the added conditioning
+                tokens = self.family.layout.tokens
+                extra["added_cond_kwargs"] = {"text_embeds": context[:, tokens, self._pooled].to(dtype),
+                                              "time_ids": self._time_ids.expand(context.shape[0], -1).to(dtype)}
+                context = context[:, :tokens]
+            return model(latents.to(dtype), t, encoder_hidden_states=context.to(dtype), **extra).sample.float()
         finally:
             self.recorder = None
 
@@ -336,8 +378,11 @@ class TorchBackend:
             return (image.float().cpu().permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
 
     def initial_latent(self, seed: int):
+        """What diffusers' pipelines draw for a CPU ``torch.Generator().manual_seed(seed)`` (and the official
+        code for SD v1): standard normal (1, 4, side, side) float32 on the CPU, then moved."""
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn((1, 4, self.latent_size, self.latent_size), generator=generator).to(self.device)
+        shape = (1, self.family.latent_channels, self.latent_size, self.latent_size)
+        return torch.randn(shape, generator=generator).to(self.device)
 
     # --- tensors ------------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray):

@@ -37,6 +37,10 @@ class JittorBackend:
             device = "cuda"
         if device not in ("auto", "cpu", "cuda"):
             raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
+        from ...families import detect_family
+
+        self.family = detect_family(model_dir)  # SD 1 only here (load_backend refuses the others)
+        self.model_dir = model_dir
         self.jt = import_jittor(device)
         self.device = "cuda" if self.jt.flags.use_cuda else "cpu"
         self.dtype = dtype
