@@ -258,3 +258,13 @@ def test_batch_manifest_names_models_and_loras(tmp_path, small_model_dir, pipe, 
     latents = {name: np.load(tmp_path / "out" / f"{name}--torch" / "final_latents.npy") for name in records}
     np.testing.assert_allclose(latents["plain"], latents["folder"], atol=1e-6, rtol=0)
     assert not np.allclose(latents["plain"], latents["styled"])
+
+
+def test_sharded_folder_is_used_as_it_is(tmp_path, pipe):
+    """diffusers shards weights past 10 GB (SDXL's fp32 UNet): the shards' index stands for the file."""
+    pipe.save_pretrained(tmp_path / "sharded")
+    (tmp_path / "sharded" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    pipe.unet.save_pretrained(tmp_path / "sharded" / "unet", max_shard_size="300KB")
+    assert len(list((tmp_path / "sharded" / "unet").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 1
+    assert weights.resolve_model(tmp_path / "sharded") == tmp_path / "sharded"  # nothing to convert
+    assert any(p.endswith("diffusion_pytorch_model-*-of-*.safetensors") for p in weights.HUB_PATTERNS)

@@ -38,7 +38,9 @@ def hub_patterns(ext: str = "safetensors", variant: str | None = None) -> list[s
     """The files of a hub repo that SuppressEOT needs, with weights of one format (and variant)."""
     tag = f".{variant}" if variant else ""
     return ["model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*"] + [
-        p for c, stems in WEIGHTS.items() for p in (f"{c}/config.json", f"{c}/{stems[ext]}{tag}.{ext}")]
+        p for c, stems in WEIGHTS.items() for p in (
+            f"{c}/config.json", f"{c}/{stems[ext]}{tag}.{ext}",  # one file, or shards and their index
+            f"{c}/{stems[ext]}{tag}.{ext}.index.json", f"{c}/{stems[ext]}{tag}-*-of-*.{ext}")]
 
 
 HUB_PATTERNS = hub_patterns()
@@ -110,13 +112,15 @@ def check_model_folder(path: Path) -> Path:
 
 
 def weight_files(path: Path, variant: str | None = None) -> dict[str, Path | None]:
-    """Each weighted component's file in a diffusers folder: safetensors first, else ``.bin``."""
+    """Each weighted component's file in a diffusers folder: safetensors first, else ``.bin``; for weights
+    saved in shards (diffusers and transformers shard past 10 GB: SDXL's fp32 UNet), the shards' index."""
     tag = f".{variant}" if variant else ""
     found = {}
     for component, stems in WEIGHTS.items():
         if component == "text_encoder_2" and not (path / component).is_dir():
             continue
-        files = [path / component / f"{stem}{tag}.{ext}" for ext, stem in stems.items()]
+        files = [path / component / f"{stem}{tag}.{ext}{index}" for ext, stem in stems.items()
+                 for index in ("", ".index.json")]
         found[component] = next((f for f in files if f.is_file()), None)
     return found
 
@@ -175,7 +179,8 @@ def resolve_model(model: str | os.PathLike, lora=(), variant: str | None = None,
                     weight_files(folder, "fp16")[missing[0]] is not None else "")
             raise SuppressEOTError(f"{folder} has no {variant + ' ' if variant else ''}weights for "
                                    f"{', '.join(missing)} (.safetensors or .bin){hint}")
-        if not loras and not variant and all(f.suffix == ".safetensors" for f in files.values()):
+        if not loras and not variant and all(f.name.endswith((".safetensors", ".safetensors.index.json"))
+                                             for f in files.values()):
             return folder  # already what both backends read
         key = hashlib.sha256(json.dumps(sorted((c, file_sha256(f)) for c, f in files.items())).encode()
                              ).hexdigest()[:20] + f"-{variant or 'folder'}"
