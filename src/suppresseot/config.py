@@ -62,8 +62,10 @@ class SamplingSettings:
     guidance_scale: float = 7.5
 
     def validate(self) -> "SamplingSettings":
-        if self.num_steps < 1 or self.num_steps > 1000:
-            raise SuppressEOTError(f"steps must be between 1 and 1000 (50 is the default), got {self.num_steps}")
+        # 999 at most: at 1000 "leading" steps with the offset of 1 the first timestep is 1000, past the last
+        # training timestep (diffusers' DDIMScheduler fails there too)
+        if self.num_steps < 1 or self.num_steps > 999:
+            raise SuppressEOTError(f"steps must be between 1 and 999 (50 is the default), got {self.num_steps}")
         if not math.isfinite(self.guidance_scale):
             raise SuppressEOTError(f"guidance scale must be a finite number, got {self.guidance_scale}")
         return self
