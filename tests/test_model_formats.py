@@ -115,6 +115,40 @@ def test_single_file_gives_the_folder_weights(tmp_path, small_model_dir, pipe, l
     assert ids[0] == ids[1]
 
 
+# The tiny SD 2 / SDXL of random_model at the least sizes diffusers' key-based family detection
+# (infer_diffusers_model_type) accepts: SD 2 is told by a 1024-wide cross-attention (the stock tiny one, 128
+# wide, reads as "v1"), SDXL by a 10th OpenCLIP layer (the stock tiny one, 2 layers, reads as nothing).
+FAMILY_SIZES = {"v2": ("SD2_SIZES", ((32, 32, 64, 64), (32,) * 4, 1024, 64, 1, 2, (2, 4, 4, 4), 16)),
+                "xl_base": ("SDXL_SIZES", ((32, 64, 64), (1, 1, 2), (2, 4, 4), (32,) * 4,
+                                           ((80, 160, 2, 2), (128, 256, 10, 2)), 16))}
+
+
+@pytest.mark.parametrize("family", ["v2", "xl_base"])
+def test_sd2_and_sdxl_single_files_give_the_folder_weights(tmp_path, tokenizer_dir, monkeypatch, family):
+    """A tiny SD 2 (OpenCLIP text encoder, fused q/k/v) or SDXL (CLIP-L + OpenCLIP bigG with projection) in the
+    original layout: its family read from the keys, and converted back to exactly the folder's weights."""
+    from suppresseot import random_model
+
+    table, size = FAMILY_SIZES[family]
+    monkeypatch.setitem(getattr(random_model, table), "ldm", size)
+    build = random_model.build_random_sd2 if family == "v2" else random_model.build_random_sdxl
+    pipe = build(tokenizer_dir, size="ldm")
+    pipe.save_pretrained(tmp_path / "folder")
+    encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+    save_file(to_ldm(pipe.unet, pipe.vae, *encoders, family=family), tmp_path / "model.safetensors")
+
+    assert weights.checkpoint_family(tmp_path / "model.safetensors") == family
+    assert weights._config_folder(tmp_path / "model.safetensors", None)[1] == weights.FAMILY_CONFIGS[family]
+    folder = weights.resolve_model(tmp_path / "model.safetensors", config=tmp_path / "folder")
+    components = ["unet", "vae", "text_encoder"] + ["text_encoder_2"] * (len(encoders) == 2)
+    for component in components:
+        got = load_file(folder / component / f"{weights.WEIGHTS[component]['safetensors']}.safetensors")
+        expected = getattr(pipe, component).state_dict()
+        assert set(got) == set(expected), component
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, atol=0, rtol=0, msg=f"{component}.{name}")
+
+
 def test_bin_only_and_fp16_folders(tmp_path, pipe):
     pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)
     # transformers 5 writes safetensors regardless: give the text encoder a .bin as older releases wrote it
