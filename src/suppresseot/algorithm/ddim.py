@@ -36,11 +36,13 @@ def move(sample, eps, coefficients):
     return sqrt_to * original + sqrt_beta_to * eps
 
 
-def as_noise(prediction, sample, conversion):
-    """The noise prediction eps from a UNet output at ``sample``: the output itself for epsilon models
-    (``conversion`` None), eps = sqrt(a_t) * v + sqrt(1 - a_t) * x_t for v-prediction models
-    (``conversion`` = ``DDIMSchedule.noise_conversion(t)``, t the timestep the UNet saw)."""
-    if conversion is None:
+def as_noise(prediction, sample, conversion, prediction_type: str):
+    """The noise prediction eps from a UNet output at ``sample``: the output itself for epsilon models,
+    eps = sqrt(a_t) * v + sqrt(1 - a_t) * x_t for v-prediction ones (``conversion`` =
+    ``DDIMSchedule.noise_conversion(t)``, t the timestep the UNet saw). ``prediction_type`` is a constant the
+    step functions close over, ``conversion`` always two numbers: a CUDA graph's arguments are tensors and
+    numbers only, and its cache tells the two kinds of step apart by what they close over."""
+    if prediction_type == "epsilon":
         return prediction
     sqrt_alpha, sqrt_beta = conversion
     return sqrt_alpha * prediction + sqrt_beta * sample
@@ -94,11 +96,9 @@ class DDIMSchedule:
             return self.alphas_cumprod[t]
         return np.float32(1.0) if self.set_alpha_to_one else self.alphas_cumprod[0]
 
-    def noise_conversion(self, t: int) -> tuple[float, float] | None:
-        """``as_noise``'s coefficients for a UNet output at timestep t: None for epsilon models,
-        (sqrt a_t, sqrt(1 - a_t)) as float32 values for v-prediction ones."""
-        if self.prediction_type == "epsilon":
-            return None
+    def noise_conversion(self, t: int) -> tuple[float, float]:
+        """``as_noise``'s coefficients for a UNet output at timestep t: (sqrt a_t, sqrt(1 - a_t)) as float32
+        values (used by v-prediction models only)."""
         alpha = self.alpha(t)
         return float(np.sqrt(alpha)), float(np.sqrt(np.float32(1.0) - alpha))
 

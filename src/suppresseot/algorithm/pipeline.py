@@ -37,8 +37,10 @@ ADAM_EPS = 1e-8
 def ddim_inversion(backend, schedule: DDIMSchedule, latent, text, progress: bool = True, on_step=None) -> list:
     """Run DDIM backwards (conditional prediction only); returns the latents z_0 .. z_T. ``on_step(stage, i)``,
     here and in the other loops, is called before every step: raising there stops the run (the app's Cancel)."""
+    prediction_type = schedule.prediction_type
     def inversion_step(latent, t, text, coefficients, conversion):
-        return move(latent, as_noise(backend.unet(latent, t, text), latent, conversion), coefficients)
+        eps = as_noise(backend.unet(latent, t, text), latent, conversion, prediction_type)
+        return move(latent, eps, coefficients)
 
     step = backend.compile_step(inversion_step)
     latents = [latent]
@@ -91,13 +93,16 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
     def guided(eps_uncond, eps_cond):
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
+    prediction_type = schedule.prediction_type
+
     def conditional_noise(current, t, text, conversion):
-        return as_noise(backend.unet(current, t, text), current, conversion)
+        return as_noise(backend.unet(current, t, text), current, conversion, prediction_type)
 
     def optimization_step(uncond, m, v, current, t, eps_cond, target, coefficients, conversion, step_size,
                           bias_correction2):
         def reconstruction_loss(embedding):
-            eps = guided(as_noise(backend.unet(current, t, embedding), current, conversion), eps_cond)
+            eps = guided(as_noise(backend.unet(current, t, embedding), current, conversion, prediction_type),
+                         eps_cond)
             error = (move(current, eps, coefficients) - target) ** 2
             if k == 1:  # the official loss, reduced as it reduces it
                 return error.mean(), None
@@ -110,7 +115,8 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
 
     def denoising_step(current, t, uncond, text, coefficients, conversion):
         doubled = backend.cat([current, current])
-        eps = as_noise(backend.unet(doubled, t, backend.cat([uncond, text])), doubled, conversion)
+        eps = as_noise(backend.unet(doubled, t, backend.cat([uncond, text])), doubled, conversion,
+                       prediction_type)
         return move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
     conditional_noise = backend.compile_step(conditional_noise)
@@ -284,12 +290,14 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     first = settings.first_step(schedule.num_steps)
     ito_steps = settings.ito_steps(schedule.num_steps)
     ito = InferenceTimeOptimization(backend, schedule, n_tokens, token_indices, settings, step_scale, resolution)
+    prediction_type = schedule.prediction_type
 
     def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
         recorder = AttentionRecorder(resolution) if capture_maps else None
-        eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion)
+        eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion,
+                              prediction_type)
         eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,
-                            conversion)
+                            conversion, prediction_type)
         latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
         maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
                                                                tasks=tasks, branches=2)
