@@ -2,7 +2,11 @@
 text embedding (batch 1, as an ITO / null-text step), wall clock, then jittor's profiler on each with its
 most expensive ops. Usage (on the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
 
-    python benchmarks/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25]
+    python benchmarks/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25] [--static]
+
+``--static`` also times both through ``jittor.vcompiler.build`` (jittor's static-graph cache: the fused graph
+recorded once per input signature and replayed), with the timestep and loss target as Vars so that one graph
+serves every step, and prints how far its results are from the eager ones.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--static", action="store_true", help="also time jittor.vcompiler.build's replayed graphs")
     args = p.parse_args()
     backend = JittorBackend(args.model_dir, device=args.device)
     jt = backend.jt
@@ -82,6 +87,57 @@ def main() -> None:
             fn()
             jt.sync_all(True)
         print("\n".join(top_ops(report, args.top)), flush=True)
+    if args.static:
+        static(backend, latent1, latent2, context2, embedding, target, args.repeats)
+
+
+def static(backend, latent1, latent2, context2, embedding, target, repeats: int) -> None:
+    """The same two passes as pure functions of Vars, replayed by jittor.vcompiler.build."""
+    jt = backend.jt
+    started = time.perf_counter()
+    from jittor import vcompiler
+
+    print(f"vcompiler module: {time.perf_counter() - started:.1f} s to build/load", flush=True)
+    unet = backend.unet_model
+
+    def forward(latent, t, context):
+        with jt.no_grad():
+            return unet(latent, t, context)
+
+    def forward_backward(latent, t, x, target):
+        loss = ((unet(latent, t, x) - target) ** 2).mean()
+        return loss, jt.grad(loss, x)
+
+    t = jt.array(np.array([501.0], dtype=np.float32))
+    cases = (("forward batch 2", forward, (latent2, t, context2)),
+             ("forward+backward batch 1", forward_backward, (latent1, t, embedding, target)))
+    for name, fn, inputs in cases:
+        out = fn(*inputs)
+        eager = [v.numpy() for v in (out if isinstance(out, (tuple, list)) else (out,))]
+        try:
+            built = vcompiler.build(fn)
+            started = time.perf_counter()
+            out = built(*inputs)
+            replayed = [v.numpy() for v in (out if isinstance(out, (tuple, list)) else (out,))]
+            first = time.perf_counter() - started
+        except Exception as exc:  # noqa: BLE001 - a probe: report and go on
+            print(f"static {name}: failed: {type(exc).__name__}: {(str(exc).splitlines() or [""])[0][:300]}", flush=True)
+            continue
+        errors = [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(replayed, eager)]
+        other = jt.array(np.array([301.0], dtype=np.float32))  # another step: the same graph must serve it
+        check = built(inputs[0], other, *inputs[2:])
+        expected = fn(inputs[0], other, *inputs[2:])
+        check, expected = (c if isinstance(c, (tuple, list)) else (c,) for c in (check, expected))
+        other_errors = [float(np.abs(a.numpy() - b.numpy()).max() / max(np.abs(b.numpy()).max(), 1e-30))
+                        for a, b in zip(check, expected)]
+
+        def replay():
+            result = built(*inputs)
+            jt.sync(list(result) if isinstance(result, (tuple, list)) else [result])
+
+        ms = wall_ms(jt, replay, repeats)
+        print(f"static {name}: {ms:.1f} ms (median of {repeats}; first call {first:.1f} s); max relative "
+              f"difference to eager {max(errors):.2e}, at another timestep {max(other_errors):.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def test_aggregate_takes_first_half_of_rows_like_the_official_reshape():
     probs = torch.arange(heads * 256 * 3, dtype=torch.float32).reshape(heads, 256, 3)  # batch 1: rows are heads
     rec(probs, True, "down")
     rec(torch.zeros(heads, 64, 3), True, "mid")  # 8x8: not kept
-    assert len(rec.maps["cross"]) == 1
+    assert list(rec.totals) == [("cross", "down")]
     first_half = probs[:2].mean(0).reshape(16, 16, 3)
     torch.testing.assert_close(rec.aggregate(True, ("up", "down")), first_half)
     torch.testing.assert_close(rec.aggregate(True, ("down",), halves=False), probs.mean(0).reshape(16, 16, 3))
@@ -143,6 +143,34 @@ def test_aggregate_takes_first_half_of_rows_like_the_official_reshape():
     torch.testing.assert_close(rec.aggregate(True, ("down",), select=1), second_half)
     with pytest.raises(RuntimeError):
         rec.aggregate(False)
+
+
+def test_running_sums_give_the_official_mean_over_layers_heads_tasks_and_branches():
+    """The recorder keeps per-place sums, not every layer: the result is the official concatenate-then-mean
+    over the kept rows (here 2 tasks x 2 branches, layers in three places with 4 and 6 heads)."""
+    torch.manual_seed(0)
+    k, res, keys = 2, 4, 5
+    layers = [("down", 4), ("mid", 6), ("up", 4), ("up", 6), ("down", 6)]
+    probs = [(place, torch.rand(2 * k * heads, res * res, keys, dtype=torch.float64)) for place, heads in layers]
+    rec = AttentionRecorder(res, batch=2 * k)
+    for place, p in probs:
+        rec(p, False, place)
+    for select in (0, 1):
+        for places in (("up", "down"), ("up", "down", "mid")):
+            kept = [p.reshape(2, k, -1, res, res, keys)[select] for place, p in probs if place in places]
+            expected = torch.cat(kept, dim=1).mean(1)
+            got = rec.aggregate(False, places, select=select, tasks=k, branches=2)
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    ito = AttentionRecorder(res, batch=k)  # one branch: half ``select`` of each task's heads, or all heads
+    for place, p in probs:
+        ito(p[: k * p.shape[0] // (2 * k)], True, place)
+    kept = [p[: p.shape[0] // 2].reshape(k, 2, -1, res, res, keys)[:, 0] for _, p in probs]
+    torch.testing.assert_close(ito.aggregate(True, tasks=k), torch.cat(kept, dim=1).mean(1), rtol=1e-12, atol=0)
+    everything = [p[: p.shape[0] // 2].reshape(k, -1, res, res, keys) for _, p in probs]
+    torch.testing.assert_close(ito.aggregate(True, tasks=k, halves=False), torch.cat(everything, dim=1).mean(1),
+                               rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="not the recorded batch"):
+        ito.aggregate(True, tasks=3)
 
 
 # --- DDIM and Adam -----------------------------------------------------------------------------

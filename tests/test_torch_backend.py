@@ -58,6 +58,48 @@ def test_recomputed_attention_gives_the_same_gradient_and_keeps_less(tiny_model_
     assert kept_stored - kept >= 3 * probs_64, (kept_stored, kept)
 
 
+def test_recorded_attention_under_autograd_recomputes_its_probabilities(tiny_model_dir):
+    """ITO's pass: the recorded layers' probabilities feed the loss through the recorder's sums and are
+    recomputed in the backward pass (SDXL records 60 such layers): the same loss and gradient, bit for bit,
+    while autograd keeps less than the recorded self-attention probabilities alone."""
+    from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder
+    from suppresseot.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model_dir, device="cpu")
+    torch.manual_seed(2)
+    latent = torch.randn(1, 4, 64, 64)
+    embedding = torch.randn(1, 77, backend.text_encoder.config.hidden_size)
+    recorded = []
+
+    def run():
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        def loss(x):
+            recorder = AttentionRecorder(16)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                backend.record_attention(latent, 501, x, recorder)
+                maps = recorder.aggregate(True, ALL_PLACES), recorder.aggregate(False, ALL_PLACES)
+                recorded.append(recorder.totals)
+                return maps[0][..., 2].square().sum() + maps[1].std(), None
+
+        value, _, grad = backend.value_and_grad(loss, embedding)
+        return value, grad, sum(saved)
+
+    value, grad, kept = run()
+    backend.recompute_attention = False
+    value_stored, grad_stored, kept_stored = run()
+    assert torch.equal(value, value_stored) and torch.equal(grad, grad_stored) and grad.abs().sum() > 0
+    self_places = sum(1 for kind, _ in recorded[0] if kind == "self")  # a layer or more in each
+    assert self_places >= 2
+    heads = backend.unet_model.config.attention_head_dim
+    heads = min(heads) if isinstance(heads, (list, tuple)) else heads
+    assert kept_stored - kept >= self_places * heads * 256 * 256 * 4, (kept_stored, kept)
+
+
 def test_sliced_attention_matches_whole_layers(tiny_model_dir):
     """Explicit attention split into single (batch x head) rows gives the unsliced UNet output and
     gradient to float rounding, with and without recomputation in the backward pass."""

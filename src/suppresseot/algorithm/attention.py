@@ -2,8 +2,8 @@
 
 Backends call a recorder from every attention layer with the softmax probabilities laid out as
 diffusers' ``head_to_batch_dim`` does: rows = batch * heads (row b*H + h), then query pixels, then keys.
-Only the maps at the compared resolution are kept (16x16 at 512 px); nothing is copied, so gradients
-flow through the kept maps.
+Only the maps at the compared resolution are kept (16x16 at 512 px), summed over layers as they arrive;
+nothing is detached, so gradients flow through the sums.
 """
 from __future__ import annotations
 
@@ -13,19 +13,43 @@ ALL_PLACES = ("up", "down", "mid")
 
 
 class AttentionRecorder:
-    """Keeps the attention probabilities of one UNet pass at one resolution."""
+    """Sums the attention probabilities of one UNet pass at one resolution, layer by layer.
 
-    def __init__(self, resolution: int = RESOLUTION):
-        self.resolution = resolution
-        self.maps = {"cross": [], "self": []}  # lists of (place, probs)
+    Each recorded layer is reduced as it arrives to per-sample sums over each half of its heads (the finest
+    split ``aggregate`` reads), added to a running total per place: a pass holds a few (batch, 2, res, res,
+    keys) tensors instead of every layer's probabilities (SDXL's 32x32 level has 70 layers of 20 heads, 4.7
+    GiB of bf16 probabilities at batch 2). Gradients flow through the totals. ``batch``: the samples in
+    the pass (rows = batch * heads).
+    """
+
+    def __init__(self, resolution: int = RESOLUTION, batch: int = 1):
+        self.resolution, self.batch = resolution, batch
+        self.totals = {}  # (kind, place) -> [sum (batch, halves, res*res, keys), heads summed per sample]
 
     def wants(self, query_length: int) -> bool:
         """Backends may skip explicit attention (use fused kernels) on layers this returns False for."""
         return query_length == self.resolution ** 2
 
+    def reduce(self, probs):
+        """(batch, 2, queries, keys): each sample's sum over the first and over the second half of its heads
+        ((batch, 1, ...) over all heads where a layer's head count is odd). Backends that recompute
+        attention in the backward pass call this inside the recomputed function, then ``add``."""
+        rows, queries, keys = probs.shape
+        heads = rows // self.batch
+        halves = 2 if heads % 2 == 0 else 1
+        return probs.reshape(self.batch, halves, heads // halves, queries, keys).sum(2)
+
+    def add(self, reduced, heads: int, is_cross: bool, place: str) -> None:
+        key = ("cross" if is_cross else "self", place)
+        if key in self.totals:
+            total, count = self.totals[key]
+            self.totals[key] = [total + reduced, count + heads]
+        else:
+            self.totals[key] = [reduced, heads]
+
     def __call__(self, probs, is_cross: bool, place: str) -> None:
         if self.wants(probs.shape[1]):
-            self.maps["cross" if is_cross else "self"].append((place, probs))
+            self.add(self.reduce(probs), probs.shape[0] // self.batch, is_cross, place)
 
     def aggregate(self, is_cross: bool, places=ALL_PLACES, select: int = 0, halves: bool = True,
                   tasks: int | None = None, branches: int = 1):
@@ -41,22 +65,25 @@ class AttentionRecorder:
         """
         res = self.resolution
         k = 1 if tasks is None else tasks
+        if k * branches != self.batch:
+            raise ValueError(f"{k} tasks x {branches} branches is not the recorded batch of {self.batch}")
+        kind = "cross" if is_cross else "self"
         total, count = None, 0
-        entries = self.maps["cross" if is_cross else "self"]
         for place in places:
-            for where, probs in entries:
-                if where != place:
-                    continue
-                keys = probs.shape[-1]
-                if halves and branches == 2:  # a task's two samples: its branch ``select``
-                    maps = probs.reshape(2, k, -1, res, res, keys)[select]
-                elif halves:  # one sample per task: half ``select`` of its heads
-                    maps = probs.reshape(k, 2, -1, res, res, keys)[:, select]
-                else:
-                    maps = probs.reshape(k, -1, res, res, keys)
-                total = maps.sum(1) if total is None else total + maps.sum(1)
-                count += maps.shape[1]
+            if (kind, place) not in self.totals:
+                continue
+            sums, heads = self.totals[(kind, place)]
+            if halves and branches == 2:  # a task's two samples: its branch ``select``, all heads
+                maps, n = sums.reshape(2, k, -1, res, res, sums.shape[-1])[select].sum(1), heads
+            elif halves:  # one sample per task: half ``select`` of its heads
+                if sums.shape[1] != 2:
+                    raise ValueError("a layer with an odd number of heads has no halves: aggregate with halves=False")
+                maps, n = sums[:, select].reshape(k, res, res, sums.shape[-1]), heads // 2
+            else:
+                maps, n = sums.sum(1).reshape(k, res, res, sums.shape[-1]), heads
+            total = maps if total is None else total + maps
+            count += n
         if total is None:
-            raise RuntimeError(f"no {res}x{res} {'cross' if is_cross else 'self'}-attention maps were recorded")
+            raise RuntimeError(f"no {res}x{res} {kind}-attention maps were recorded")
         mean = total / count
         return mean[0] if tasks is None else mean

@@ -223,13 +223,13 @@ class InferenceTimeOptimization:
         tasks = len(n_tokens)
 
         def reference_maps(latent_original, t, text):
-            recorder = AttentionRecorder(resolution)
+            recorder = AttentionRecorder(resolution, batch=tasks)
             backend.record_attention(latent_original, t, text, recorder)
             return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES, tasks)
 
         def optimization_step(edited, latent_edited, t, cross_reference, self_reference, weights, factor):
             def loss_of(embedding):
-                recorder = AttentionRecorder(resolution)
+                recorder = AttentionRecorder(resolution, batch=tasks)
                 backend.record_attention(latent_edited, t, embedding, recorder)
                 cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES, tasks)
                 totals, parts = zip(*(attention_loss(cross_reference[b], cross[b], self_reference[b], self_[b],
@@ -293,7 +293,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     prediction_type = schedule.prediction_type
 
     def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
-        recorder = AttentionRecorder(resolution) if capture_maps else None
+        recorder = AttentionRecorder(resolution, batch=2 * tasks) if capture_maps else None
         eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion,
                               prediction_type)
         eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,

@@ -75,7 +75,12 @@ class RecordingAttnProcessor:
             query = attn.head_to_batch_dim(query)
             key = attn.head_to_batch_dim(key)
             value = attn.head_to_batch_dim(value)
-            if wanted:
+            if wanted and self.backend.recompute_attention and torch.is_grad_enabled():
+                # ITO: keep q, k, v, not the probabilities, for the backward pass (SDXL: 60 recorded layers)
+                hidden_states, reduced = checkpoint(_recorded_attention, attn, query, key, value, attention_mask,
+                                                    recorder.reduce, use_reentrant=False, preserve_rng_state=False)
+                recorder.add(reduced, query.shape[0] // recorder.batch, is_cross, self.place)
+            elif wanted:
                 probs = attn.get_attention_scores(query, key, attention_mask)
                 recorder(probs, is_cross, self.place)
                 hidden_states = torch.bmm(probs, value)
@@ -96,6 +101,12 @@ class RecordingAttnProcessor:
 def _explicit_attention(attn, query, key, value, attention_mask):
     """softmax(q k^T * scale) v as diffusers' classic AttnProcessor (and the official code) computes it."""
     return torch.bmm(attn.get_attention_scores(query, key, attention_mask), value)
+
+
+def _recorded_attention(attn, query, key, value, attention_mask, reduce):
+    """Explicit attention and the recorder's reduction of its probabilities, recomputed together."""
+    probs = attn.get_attention_scores(query, key, attention_mask)
+    return torch.bmm(probs, value), reduce(probs)
 
 
 def _sliced_attention(attn, query, key, value, attention_mask, slice_bytes: int | None, recompute: bool):
@@ -195,8 +206,9 @@ class TorchBackend:
         # needs: DDIM inversion + null-text amplify SDPA's rounding past its 1e-4 tolerance (2e-4 to 8e-3 seen).
         self.fused_attention = (fast or on_gpu) if fused_attention is None else bool(fused_attention)
         self.fast = fast
-        # Explicit attention on unrecorded layers under autograd: recompute the probabilities in the
-        # backward pass instead of storing them (exact; see RecordingAttnProcessor).
+        # Explicit attention under autograd: recompute the probabilities in the backward pass instead of
+        # storing them, on recorded layers too (their recorder reduction is recomputed with them), exact;
+        # see RecordingAttnProcessor.
         self.recompute_attention = bool(recompute_attention)
         # ... and in groups of heads whose probabilities take at most this much (only SD's 64x64 layers are
         # split: 64 MiB a head in fp32, 2 heads a group), so no step holds a whole layer's 1-2 GiB of scores
