@@ -69,6 +69,19 @@ def test_generate_matches_torch_backend(models):
     assert a.backend_info["backend"] == "jittor"
 
 
+def test_a_group_of_tasks_gives_the_one_by_one_results(models):
+    """`batch --group-size` on Jittor: two tasks' UNet passes batched give each task's own run."""
+    jittor, _ = models
+    prompts, suppress, seeds = ["A dog in Van Gogh Style", PROMPT], [[4, 5, 6], "glasses"], [2, 7]
+    alone = [jittor.generate(p, s, seed=seed, **SHORT) for p, s, seed in zip(prompts, suppress, seeds)]
+    together = jittor.generate_many(prompts, suppress, seeds, **SHORT)
+    for a, b in zip(alone, together):
+        assert (b.prompt, b.seed, b.group_size) == (a.prompt, a.seed, 2)
+        compare_logs(b.ito_log, a.ito_log, "total")
+        assert relative(b.final_latents, a.final_latents) < 1e-4
+        assert relative(b.cross_attention, a.cross_attention) < 1e-4
+
+
 @pytest.mark.parametrize("inversion", ["nt", "npi"])
 def test_edit_matches_torch_backend(models, photo, inversion):
     from suppresseot.config import InversionSettings
