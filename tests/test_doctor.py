@@ -135,3 +135,28 @@ def test_cudnn_algorithm_cache_is_widened_where_jittor_has_cudnn():
         pytest.skip("jittor is not installed")
     header = installed / "extern" / "cuda" / "cudnn" / "inc" / "cudnn_wrapper.h"
     assert "@pyjt(set_algorithm_cache_size)" in header.read_text()
+
+
+def test_speed_features_say_what_the_gpu_path_would_use(monkeypatch):
+    """`doctor` lists the Jittor backend's speed features as they would run here, without importing jittor."""
+    monkeypatch.delenv("conv_opt", raising=False)
+    monkeypatch.delenv("use_cutt", raising=False)
+    cudnn9 = {"version": "9.19.0", "libs": ["libcudnn.so.9"], "include": "/usr/include", "cudnn8_layout": False}
+    cudnn8 = {"version": "8.9.7", "libs": ["libcudnn.so.8"], "include": "/usr/include", "cudnn8_layout": True}
+
+    def features(gpu=True, version="13.0", cudnn=(cudnn9,), patch="already applied"):
+        info = {"gpu": gpu, "nvcc": "/usr/local/cuda/bin/nvcc" if version else None, "nvcc_version": version,
+                "cudnn": list(cudnn), "patches": {"cudnn9": (patch, "")}}
+        return dict(doctor.speed_features(info))
+
+    assert list(features(gpu=False)) == ["device"] and "CPU" in features(gpu=False)["device"]
+    on = features()
+    assert on["device"] == "CUDA 13.0" and on["convolutions"].startswith("cuDNN 9.19.0")
+    assert "layers.permute" in on["transposes"] and "wrong" in on["static graphs"]
+    assert "--fix-jittor" in features(patch="not applied")["convolutions"]
+    assert features(version="12.4", cudnn=(cudnn8,), patch="not applied")["convolutions"].startswith("cuDNN 8.9.7")
+    assert "no cuDNN" in features(cudnn=())["convolutions"]
+    monkeypatch.setenv("conv_opt", "1")
+    assert "conv_opt" in features()["convolutions"]
+    monkeypatch.setenv("use_cutt", "1")
+    assert features()["transposes"].startswith("cuTT")

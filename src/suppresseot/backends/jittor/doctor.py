@@ -411,7 +411,38 @@ def diagnose(jittor_dir=None) -> dict:
         for patch in PATCHES:
             info["patches"][patch.name] = patch_state(path, patch)
         info["backups"] = [str(p.relative_to(path)) for p in patched_files(path)]
+    info["speed"] = speed_features(info)
     return info
+
+
+def speed_features(info: dict) -> list[tuple[str, str]]:
+    """What the Jittor backend's GPU speed depends on, as it would run here (docs/jittor.md, "Speed on the GPU"
+    and "Closing the gap"): (feature, state) pairs, read from the diagnosis and the environment, no import."""
+    from .env import DOWNLOAD_FLAGS
+
+    cuda = bool(info["gpu"] and info["nvcc"] and os.environ.get("use_cuda", "1") != "0")
+    if not cuda:
+        return [("device", "CPU (no NVIDIA GPU, or no nvcc for jittor): no GPU speed features apply")]
+    major = int(info["nvcc_version"].split(".")[0]) if info["nvcc_version"] else 0
+    cudnn = [c for c in info["cudnn"] if c["libs"]]
+    cudnn9 = [c for c in cudnn if int(c["version"].split(".")[0]) >= 9]
+    patched = info["patches"].get("cudnn9", ("", ""))[0] == "already applied"
+    if os.environ.get("conv_opt", "0") not in ("", "0"):
+        conv = "off (conv_opt is set): jittor's own convolution kernels, ~100x slower than cuDNN's"
+    elif not cudnn:
+        conv = "off: no cuDNN found; jittor's own convolution kernels, ~100x slower"
+    elif cudnn9 and not patched and (major >= 13 or not [c for c in cudnn if c not in cudnn9]):
+        conv = "off until `suppress-eot doctor --fix-jittor` (stock jittor 1.3.11 finds cuDNN 8 files only)"
+    else:
+        conv = f"cuDNN {(cudnn9 or cudnn)[0]['version']}, algorithm cache widened to 10000 shapes on import"
+    cutt = os.environ.get("use_cutt", DOWNLOAD_FLAGS["use_cutt"]) != "0"
+    return [("device", f"CUDA {info['nvcc_version'] or '?'}"),
+            ("convolutions", conv),
+            ("transposes", "cuTT (use_cutt=1)" if cutt else
+             "fused into GPU kernels by layers.permute (cuTT off: it would be downloaded at build time)"),
+            ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
+            ("static graphs", "off: jittor.vcompiler's replay of the UNet is wrong in 1.3.11 (docs/jittor.md)"),
+            ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 
 def format_diagnosis(info: dict) -> str:
@@ -438,6 +469,8 @@ def format_diagnosis(info: dict) -> str:
             lines.append(Result(name, state, detail).line())
         if info["backups"]:
             lines.append(f"backups: {len(info['backups'])} file(s) with {BACKUP_SUFFIX}")
+    lines.append("speed features (docs/jittor.md):")
+    lines += [f"  {name:<21}  {state}" for name, state in info["speed"]]
     major = int(info["nvcc_version"].split(".")[0]) if info["nvcc_version"] else 0
     if info["jittor_dir"] and major >= 13 and info["patches"]:
         states = {s for s, _ in info["patches"].values()}
