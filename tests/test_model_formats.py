@@ -99,7 +99,7 @@ def test_config_chosen_from_the_checkpoint_keys(tmp_path, ldm_state):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_single_file_gives_the_folder_weights(tmp_path, small_model_dir, pipe, ldm_state, cache, suffix):
+def test_single_file_gives_the_folder_weights(tmp_path, small_model_dir, pipe, ldm_state, cache, suffix, capsys):
     path = tmp_path / f"model{suffix}"
     if suffix == ".ckpt":  # as the original training code saved it: a pickle with a state_dict inside
         torch.save({"state_dict": ldm_state, "global_step": 1}, path)
@@ -113,6 +113,11 @@ def test_single_file_gives_the_folder_weights(tmp_path, small_model_dir, pipe, l
 
     ids = [Tokenizer.from_pretrained(m).padded_ids(PROMPT) for m in (folder, small_model_dir)]
     assert ids[0] == ids[1]
+    from suppresseot.cli import main
+
+    assert main(["tokens", PROMPT, "--model", str(path), "--model-config", str(small_model_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "glasses" in table and "<|endoftext|>" in table
 
 
 # The tiny SD 2 / SDXL of random_model at the least sizes diffusers' key-based family detection

@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("prompt")
     tok.add_argument("--model", default=None, help="take the tokenizer from this model (default: the CLIP "
                                                    "tokenizer of SD v1 shipped with suppresseot)")
+    tok.add_argument("--model-config", default=None, metavar="NAME|DIR",
+                     help="config of a single-file --model: sd1, sd2, sd2-base, sdxl or a diffusers folder "
+                          "(default: chosen from the checkpoint's keys)")
     tok.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     import importlib
@@ -234,7 +237,7 @@ def cmd_tokens(args) -> int:
     if args.model:  # that model's tokenizer; with two (SDXL), the second, whose "!" padding the table shows
         from .families import detect_family
 
-        model_dir = resolve_model(args.model)
+        model_dir = resolve_model(args.model, config=args.model_config)
         tokenizer = Tokenizer.from_pretrained(model_dir, detect_family(model_dir).text_encoders[-1].tokenizer)
     else:
         tokenizer = shipped_tokenizer()
