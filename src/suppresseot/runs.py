@@ -61,16 +61,37 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def nvml_used_bytes() -> int | None:
-    """Device memory in use as the driver sees it (all processes), or None without an NVIDIA GPU."""
+def _device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+def open_nvml(device: str):
+    """An NVML reader for the GPU a backend runs on (``cuda``, ``cuda:1``), or (None, why not)."""
+    if not device or not device.startswith("cuda"):
+        return None, f"the model runs on {device or 'the CPU'}, not an NVIDIA GPU"
     try:
         import pynvml
-
+    except ImportError:
+        return None, "pynvml is not installed (pip install nvidia-ml-py)"
+    try:
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:
-        return None
+        index = _device_index(device)
+        # NVML numbers all GPUs; CUDA only the visible ones, in CUDA_VISIBLE_DEVICES order
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if index < len(visible) and not visible[index].isdigit():
+            handle = pynvml.nvmlDeviceGetHandleByUUID(visible[index])
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible[index]) if index < len(visible) else index)
+        pynvml.nvmlDeviceGetMemoryInfo(handle)
+    except Exception as exc:  # no driver, MIG without access, ...: record why, do not fail the run
+        return None, f"NVML unavailable ({type(exc).__name__}: {exc})"
+    return (lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)), None
+
+
+def nvml_used_bytes(device: str) -> int | None:
+    """Memory in use on ``device``'s GPU as the driver sees it (all processes), or None without NVML there."""
+    reader, _ = open_nvml(device)
+    return None if reader is None else reader()
 
 
 def run_record(result, extra: dict | None = None) -> dict:
@@ -136,7 +157,7 @@ def save_run(result, out_dir: str | os.PathLike, name: str | None = None, extra:
         write_csv(tmp / "ito.csv", ITO_COLUMNS, result.ito_log)
         write_csv(tmp / "null_text.csv", NULL_TEXT_COLUMNS,
                   result.inversion.null_text_log if result.inversion is not None else [])
-        nvml = nvml_used_bytes()
+        nvml = nvml_used_bytes(str(result.backend_info.get("device", "")))
         write_csv(tmp / "memory.csv", MEMORY_COLUMNS, [
             {"stage": stage, "seconds": f"{result.seconds.get(stage, float('nan')):.4f}",
              "peak_allocated_bytes": mem.get("allocated"), "peak_reserved_bytes": mem.get("reserved"),

@@ -15,34 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runs import open_nvml
+
 DEFAULT_INTERVAL = 0.02  # seconds: 50 Hz
-
-
-def _device_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
-
-
-def open_device(device: str):
-    """An NVML reader for the GPU a backend runs on (``cuda``, ``cuda:1``), or (None, why not)."""
-    if not device or not device.startswith("cuda"):
-        return None, f"the model runs on {device or 'the CPU'}, not an NVIDIA GPU"
-    try:
-        import pynvml
-    except ImportError:
-        return None, "pynvml is not installed (pip install nvidia-ml-py)"
-    try:
-        pynvml.nvmlInit()
-        index = _device_index(device)
-        # NVML numbers all GPUs; CUDA only the visible ones, in CUDA_VISIBLE_DEVICES order
-        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        if index < len(visible) and not visible[index].isdigit():
-            handle = pynvml.nvmlDeviceGetHandleByUUID(visible[index])
-        else:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible[index]) if index < len(visible) else index)
-        pynvml.nvmlDeviceGetMemoryInfo(handle)
-    except Exception as exc:  # no driver, MIG without access, ...: record why, do not fail the run
-        return None, f"NVML unavailable ({type(exc).__name__}: {exc})"
-    return (lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)), None
 
 
 @dataclass
@@ -89,7 +64,7 @@ class MemorySampler:
     def __init__(self, device: str = "", interval: float = DEFAULT_INTERVAL, reader=None):
         self.interval = interval
         if reader is None:
-            reader, why = open_device(device)
+            reader, why = open_nvml(device)
             self.disabled = None if reader is not None else why
         else:
             self.disabled = None
