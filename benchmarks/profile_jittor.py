@@ -105,6 +105,8 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int)
             return unet(latent, t, context)
 
     def forward_backward(latent, t, x, target):
+        x = x.detach()
+        x.start_grad()  # as JittorBackend.value_and_grad: the embedding was made under no_grad
         loss = ((unet(latent, t, x) - target) ** 2).mean()
         return loss, jt.grad(loss, x)
 

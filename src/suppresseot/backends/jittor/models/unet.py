@@ -60,11 +60,18 @@ def _per_block(value, n):
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def timestep_embedding(t, dim, flip_sin_to_cos=True, shift=0.0, max_period=10000):
-    """Sinusoidal embedding of a (B,) float32 Var, as diffusers' ``get_timestep_embedding``."""
+def timestep_frequencies(dim, shift=0.0, max_period=10000) -> np.ndarray:
     half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / (half - shift)).astype(np.float32)
-    arg = t.float32()[:, None] * jt.array(freqs)[None, :]
+    return np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / (half - shift)).astype(np.float32)
+
+
+def timestep_embedding(t, dim, flip_sin_to_cos=True, shift=0.0, max_period=10000, freqs=None):
+    """Sinusoidal embedding of a (B,) float32 Var, as diffusers' ``get_timestep_embedding``. ``freqs``: the
+    frequencies as a Var made beforehand (jittor.vcompiler replays a Var made from numpy inside the
+    recorded function with the wrong values)."""
+    if freqs is None:
+        freqs = jt.array(timestep_frequencies(dim, shift, max_period))
+    arg = t.float32()[:, None] * freqs[None, :]
     sin, cos = jt.sin(arg), jt.cos(arg)
     emb = jt.concat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
     return nn.pad(emb, (0, 1)) if dim % 2 else emb
@@ -233,6 +240,8 @@ class UNet2DConditionModel(nn.Module):
         temb = config.get("time_embedding_dim") or ch[0] * 4
         self.flip_sin_to_cos, self.freq_shift = config.get("flip_sin_to_cos", True), config.get("freq_shift", 0)
         self.time_proj_dim = ch[0]
+        # made once, outside any recorded graph; held in a tuple so that it is no parameter
+        self._time_frequencies = (jt.array(timestep_frequencies(self.time_proj_dim, self.freq_shift)),)
 
         self.conv_in = nn.Conv2d(config.get("in_channels", 4), ch[0], k_in, padding=(k_in - 1) // 2)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
@@ -278,7 +287,8 @@ class UNet2DConditionModel(nn.Module):
         """Noise prediction; with ``stop_past_side`` the pass ends (returning None) after the first up block
         whose output is larger than that side: the attention maps up to there are all it is run for."""
         t = self._timesteps(timestep, sample.shape[0])
-        t_emb = timestep_embedding(t, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift)
+        t_emb = timestep_embedding(t, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift,
+                                   freqs=self._time_frequencies[0])
         temb = self.time_embedding(t_emb.cast(sample.dtype))
         context = encoder_hidden_states
 
