@@ -82,6 +82,63 @@ def test_a_group_of_tasks_gives_the_one_by_one_results(models):
         assert relative(b.cross_attention, a.cross_attention) < 1e-4
 
 
+def test_static_graphs_are_refused_off_cuda(small_model_dir):
+    from suppresseot.api import load_backend
+    from suppresseot.errors import SuppressEOTError
+
+    with pytest.raises(SuppressEOTError, match="need jittor on a CUDA GPU"):
+        load_backend("jittor", small_model_dir, "cpu", static_graphs=True)
+
+
+def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):
+    """--static-graphs records each step with jittor.vcompiler.build, whose C++ part builds only against CUDA's
+    headers, so here a recorder checks its contract instead: every step is called with Vars and no Python
+    numbers (vcompiler keys graphs on numbers: one graph per step function, not per timestep), recording it
+    runs nothing (vcompiler asserts that jt.flags.exec_called does not move), and results stay the eager ones
+    within float rounding (the coefficients become Vars: division becomes multiplication by the reciprocal).
+    A photo with null-text and ITO passes through every kind of step."""
+    from suppresseot.config import InversionSettings
+
+    jittor, _ = models
+    backend, jt = jittor.backend, jittor.backend.jt
+    signatures: dict = {}
+
+    def shape_of(value):
+        if isinstance(value, jt.Var):
+            return ("Var", len(value.shape), str(value.dtype))
+        if isinstance(value, (tuple, list)):
+            return tuple(shape_of(v) for v in value)
+        if isinstance(value, dict):
+            return tuple((k, shape_of(v)) for k, v in value.items())
+        assert value is None or isinstance(value, str), f"{type(value).__name__} {value!r} in a static step"
+        return value
+
+    def recording_build(record):
+        def call(*args):
+            jt.sync_all(True)
+            before = jt.flags.exec_called
+            out = record(*args)
+            assert jt.flags.exec_called == before, "recording a static step ran something"
+            signatures.setdefault(record.__self__, set()).add(shape_of(args))
+            return out
+        return call
+
+    null_text = InversionSettings(method="nt", inner_steps=2)
+    eager = jittor.edit(photo, PROMPT, "glasses", inversion=null_text, **SHORT)
+    backend.static_graphs, backend.record_step = True, recording_build
+    try:
+        static = jittor.edit(photo, PROMPT, "glasses", inversion=null_text, **SHORT)
+    finally:
+        backend.static_graphs, backend.record_step = False, None
+    assert sorted(step.fn.__name__ for step in signatures) == [
+        "conditional_noise", "denoising_step", "denoising_step", "inversion_step", "optimization_step",
+        "optimization_step", "reference_maps"]
+    assert all(len(shapes) == 1 for shapes in signatures.values())  # one graph per step function
+    compare_logs(static.ito_log, eager.ito_log, "total")
+    compare_logs(static.inversion.null_text_log, eager.inversion.null_text_log, "loss")
+    assert relative(static.final_latents, eager.final_latents) < RTOL
+
+
 @pytest.mark.parametrize("inversion", ["nt", "npi"])
 def test_edit_matches_torch_backend(models, photo, inversion):
     from suppresseot.config import InversionSettings

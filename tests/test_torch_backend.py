@@ -220,6 +220,9 @@ def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
         load_backend("jittor", tiny_model_dir, "cpu", compile_unet=True)
     with pytest.raises(TypeError, match="unknown backend option"):
         load_backend("torch", tiny_model_dir, "cpu", compile_graphs=True)
+    with pytest.raises(SuppressEOTError, match="--static-graphs .* Jittor backend"):
+        load_backend("torch", tiny_model_dir, "cpu", static_graphs=True)
+    assert parse(["generate", "a cat", "--suppress-words", "cat", "--static-graphs"]).static_graphs is True
 
 
 def test_record_attention_stops_after_the_maps_with_the_same_maps_and_gradient(small_model_dir):

@@ -112,6 +112,7 @@ class SuppressionResult:
 
 
 TORCH_OPTIONS = ("cuda_graphs", "offload_models", "fused_attention", "compile_unet")
+JITTOR_OPTIONS = ("static_graphs",)
 
 
 def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = None, fast: bool = False,
@@ -127,11 +128,19 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
       the official explicit attention by ~1e-6 a call; default on a GPU or in fast mode);
     - ``compile_unet``: run the UNet calls that record no maps through ``torch.compile`` (fewer, fused
       kernels; minutes of compilation per batch shape on first use; default off).
+
+    The Jittor backend's: ``static_graphs``: record each repeated step once with ``jittor.vcompiler`` and
+    replay it (CUDA only; default off).
     """
-    unknown = sorted(set(torch_options) - set(TORCH_OPTIONS))
+    unknown = sorted(set(torch_options) - set(TORCH_OPTIONS) - set(JITTOR_OPTIONS))
     if unknown:
-        raise TypeError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(TORCH_OPTIONS)}")
+        raise TypeError(f"unknown backend option(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(TORCH_OPTIONS + JITTOR_OPTIONS)}")
+    static_graphs = torch_options.pop("static_graphs", None)
     if name == "torch":
+        if static_graphs:
+            raise SuppressEOTError("--static-graphs (jittor.vcompiler) is an option of the Jittor backend; the "
+                                   "PyTorch backend replays CUDA graphs instead (--cuda-graphs)")
         from .backends.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
@@ -146,7 +155,8 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
                                    "Stable Diffusion 1.x")
         from .backends.jittor.backend import JittorBackend
 
-        return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast)
+        return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast,
+                             static_graphs=bool(static_graphs))
     raise SuppressEOTError(f"unknown backend {name!r}: choose {' or '.join(BACKENDS)}")
 
 
@@ -174,7 +184,8 @@ class SuppressEOT:
                         dtype: str | None = None, fast: bool = False, cuda_graphs: bool | None = None,
                         offload_models: bool | None = None, fused_attention: bool | None = None,
                         compile_unet: bool | None = None, progress: bool = True, lora=None,
-                        variant: str | None = None, config: str | os.PathLike | None = None) -> "SuppressEOT":
+                        variant: str | None = None, config: str | os.PathLike | None = None,
+                        static_graphs: bool | None = None) -> "SuppressEOT":
         """Load a model: a diffusers folder, a hub id or a single-file checkpoint (``.safetensors``/``.ckpt``;
         ``config``: its diffusers config folder or a shipped name, default chosen from its keys); ``lora``: LoRA
         files or ``(file, scale)`` pairs fused into the weights; ``variant``: e.g. ``"fp16"`` weights, upcast
@@ -185,7 +196,9 @@ class SuppressEOT:
         the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32). ``fused_attention`` (PyTorch): SDPA on the
         layers whose maps are not read (default None = on a GPU or with ``fast``; False computes every layer
         explicitly, the official arithmetic). ``compile_unet`` (PyTorch): ``torch.compile`` the UNet calls that
-        record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels)."""
+        record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels).
+        ``static_graphs`` (Jittor on CUDA): record each repeated step once with ``jittor.vcompiler`` and replay it
+        (default off)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         loras = [LoRA.of(item) for item in lora or ()]
@@ -193,7 +206,7 @@ class SuppressEOT:
         tokenizer = Tokenizer.from_pretrained(model_dir)
         return cls(load_backend(backend, model_dir, device, dtype, fast, cuda_graphs=cuda_graphs,
                                 offload_models=offload_models, fused_attention=fused_attention,
-                                compile_unet=compile_unet), tokenizer, str(model), progress,
+                                compile_unet=compile_unet, static_graphs=static_graphs), tokenizer, str(model), progress,
                    [item.record() for item in loras])
 
     # --- helpers ------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def run(args) -> int:
     model = SuppressEOT.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                         fast=args.fast, cuda_graphs=args.cuda_graphs,
                                         offload_models=args.offload_models, fused_attention=args.fused_attention,
-                                        compile_unet=args.compile, lora=loras_of(args), variant=args.variant,
+                                        compile_unet=args.compile, static_graphs=args.static_graphs,
+                                        lora=loras_of(args), variant=args.variant,
                                         config=args.model_config)
     demo = App(model, out, max_pixels=args.max_pixels).build()
     demo.launch(**launch_options(out, args.host, args.port, auth, args.share, args.max_upload),

@@ -124,6 +124,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "unconditional pass) through torch.compile: fused kernels, faster on a GPU, rounding "
                         "moves slightly; the first image of each batch shape waits minutes for the compiler "
                         "(cached on disk for later runs; default: off)")
+    g.add_argument("--static-graphs", action="store_true",
+                   help="Jittor on a CUDA GPU: record each repeated step once with jittor.vcompiler and replay it "
+                        "(less host time a step; results within float rounding; default: off, see docs/jittor.md)")
 
 
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
@@ -295,7 +298,7 @@ def cmd_run(args) -> int:
 
     backend = load_backend(args.backend, model_dir, args.device, args.dtype, args.fast, cuda_graphs=args.cuda_graphs,
                            offload_models=args.offload_models, fused_attention=args.fused_attention,
-                           compile_unet=args.compile)
+                           compile_unet=args.compile, static_graphs=args.static_graphs)
     model = SuppressEOT(backend, tokenizer, model=str(args.model), progress=not args.no_progress,
                         loras=[item.record() for item in loras])
     import shlex

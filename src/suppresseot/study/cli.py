@@ -170,6 +170,7 @@ def cmd_batch(args) -> int:
                                            dtype=args.dtype, fast=args.fast, cuda_graphs=args.cuda_graphs,
                                            offload_models=args.offload_models,
                                            fused_attention=args.fused_attention, compile_unet=args.compile,
+                                           static_graphs=args.static_graphs,
                                            progress=not args.no_progress and ray is None,
                                            lora=loras_of(args) if loras is None else loras,
                                            variant=args.variant, config=args.model_config)
