@@ -17,9 +17,9 @@ class AttentionRecorder:
 
     Each recorded layer is reduced as it arrives to per-sample sums over each half of its heads (the finest
     split ``aggregate`` reads), added to a running total per place: a pass holds a few (batch, 2, res, res,
-    keys) tensors instead of every layer's probabilities (SDXL's 32x32 level has 70 layers of 20 heads, 4.7
-    GiB of bf16 probabilities at batch 2). Gradients flow through the totals. ``batch``: the samples in
-    the pass (rows = batch * heads).
+    keys) tensors instead of every layer's probabilities (SDXL's 32x32 level has 60 self-attention layers of
+    20 heads: 4.7 GiB of bf16 probabilities at batch 2). Gradients flow through the totals. ``batch``: the
+    samples in the pass (rows = batch * heads).
     """
 
     def __init__(self, resolution: int = RESOLUTION, batch: int = 1):
