@@ -106,6 +106,7 @@ class Settings:
     gen_tokens: tuple = (4, 5, 6)
     photo: str = str(DATA / "study" / "examples" / "A man with a beard wearing glasses and a hat in blue shirt.jpg")
     photo_tokens: tuple = (7,)
+    ito_blocks: tuple = ("up", "down", "mid")  # ours only (--ito-blocks); the official code reads all
 
     @property
     def photo_prompt(self) -> str:  # the shipped photos are named after their prompts
@@ -256,7 +257,7 @@ class Ours:
         kind, inversion, iterations = MODES[mode]
         s = self.settings
         edit = SuppressionSettings(alpha=s.alpha, tau=s.tau, iterations=iterations,
-                                   max_step_to_erase=s.max_step_to_erase)
+                                   max_step_to_erase=s.max_step_to_erase, ito_blocks=s.ito_blocks)
         if kind == "generated":
             r = self.model.generate(s.gen_prompt, list(s.gen_tokens), seed=s.seed, settings=edit, steps=steps,
                                     guidance_scale=s.guidance_scale)
@@ -427,8 +428,10 @@ def markdown(report: dict) -> str:
     lines += [f"\nx diffusers (ours s / diffusers' fastest plain generation s, same run), {mode}: "
               + ", ".join(f"{i} {fmt(c.get('x_diffusers'), suffix='x')}" for i, c in row.items() if "x_diffusers" in c)
               for mode, row in report["summary"].items() if any("x_diffusers" in c for c in row.values())]
+    blocks = tuple(s.get("ito_blocks", Settings.ito_blocks))
     lines += ["", f"{s['steps']} DDIM steps, {s['null_text_steps']} null-text steps per step, {report['device']}; "
-              "speedup = official s / ours s, mem ratio = ours / official peak allocated (jittor: live "
+              + ("" if set(blocks) == set(Settings.ito_blocks) else f"ours: ITO reads the {','.join(blocks)} blocks; ")
+              + "speedup = official s / ours s, mem ratio = ours / official peak allocated (jittor: live "
               "variables at its allocators' peak, from an untimed run, where --jittor-memory measured it), "
               "Δ = ‖ours − other‖ / ‖other‖ on the final latents (both branches).", "",
               "| implementation | mode | inversion s | null-text s | sampling s | total s | peak reserved GiB "
@@ -494,6 +497,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (official default 50)")
     p.add_argument("--null-text-steps", type=int, default=10, help="null-text inner steps per DDIM step (official 10)")
     p.add_argument("--fast-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    p.add_argument("--ito-blocks", default="up,down,mid",
+                   help="UNet blocks whose maps ITO reads in this project's implementations (suppress-eot "
+                        "--ito-blocks; e.g. down,mid on SDXL)")
     p.add_argument("--jittor-python", metavar="CMD",
                    help="run the jittor implementation in a child process started with this command, e.g. "
                         "'env PYTHONPATH=/opt/numpy1 python' where jittor needs numpy<2 and torch's side numpy 2 "
@@ -530,7 +536,8 @@ def jittor_command(args, modes: list[str], out: Path, *extra: str) -> list[str]:
     return [*python, str(Path(__file__).resolve()), "--only-impl", "jittor", "--backends", "torch,jittor",
             "--size", args.size, "--model-dir", str(args.model_dir), "--modes", ",".join(modes),
             "--steps", str(args.steps), "--null-text-steps", str(args.null_text_steps), "--device", args.device,
-            "--out", str(out), *(["--jittor-static-graphs"] if args.jittor_static_graphs else []), *extra]
+            "--ito-blocks", args.ito_blocks, "--out", str(out),
+            *(["--jittor-static-graphs"] if args.jittor_static_graphs else []), *extra]
 
 
 def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:
@@ -573,7 +580,8 @@ def probe_jittor_memory(args, out: Path, results: dict) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    settings = Settings(steps=args.steps, null_text_steps=args.null_text_steps)
+    settings = Settings(steps=args.steps, null_text_steps=args.null_text_steps,
+                        ito_blocks=tuple(args.ito_blocks.split(",")))
     out = args.out.resolve()
     (out / "latents").mkdir(parents=True, exist_ok=True)
     if not (args.model_dir / "model_index.json").exists():

@@ -52,6 +52,9 @@ def test_summary_uses_jittors_probe_peak_and_compares_latents(bench):
     cells = dict(zip(head.strip("| ").split(" | "), first.strip("| ").split(" | ")))
     assert cells["jittor peak GiB"] == "5.00" and cells["jittor mem ratio"] == "0.50"
     assert cells["faithful speedup"] == "2.00x" and cells["official peak GiB"] == "10.00"
+    assert "ITO reads" not in bench.markdown(report)
+    report["settings"]["ito_blocks"] = ["down", "mid"]  # bench.py --ito-blocks down,mid
+    assert "ours: ITO reads the down,mid blocks; speedup = official s / ours s" in bench.markdown(report)
 
 
 def test_x_diffusers_divides_by_diffusers_fastest_generation_of_the_run(bench):

@@ -185,3 +185,72 @@ def test_schedule_from_config_is_diffusers_ddim(config):
     assert list(schedule.timesteps) == reference.timesteps.tolist()
     np.testing.assert_allclose(schedule.alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5)  # cumprod order
     assert schedule.alpha(-1) == pytest.approx(float(reference.final_alpha_cumprod), rel=1e-5)
+
+
+@pytest.mark.parametrize("blocks, skipped", [(("down", "mid"), "up_blocks"), (("down",), "mid_block")])
+def test_ito_blocks_end_sdxl_map_passes_early_with_the_same_maps_and_gradient(family_dirs, blocks, skipped):
+    """--ito-blocks without up (SDXL's cheaper choice): map-only passes end before the up blocks (before the
+    mid block for down alone); the kept maps and their gradient are those of the whole pass."""
+    import torch
+
+    from suppresseot.algorithm.attention import AttentionRecorder
+    from suppresseot.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(family_dirs["sdxl"], device="cpu")
+    calls = {"up_blocks": 0, "mid_block": 0}
+    for name in calls:  # the first resnet of each: the block's own pre-hooks run before it
+        module = getattr(backend.unet_model, name)
+        (module[0] if name == "up_blocks" else module).resnets[0].register_forward_hook(
+            lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, backend.latent_size, backend.latent_size)
+    embedding = torch.randn(1, 78, backend.family.context_width)  # 77 tokens and the pooled row
+
+    places = []
+
+    def maps_loss(run):
+        def loss(x):
+            recorder = AttentionRecorder(backend.family.maps_resolution, places=blocks)
+            run(latent, 501, x, recorder)
+            places.append({place for _, place in recorder.totals})
+            cross = recorder.aggregate(True, ("down",), halves=False)
+            self_ = recorder.aggregate(False, blocks, halves=False)
+            return cross.square().sum() + self_.square().sum(), {"cross": cross, "self": self_}
+        return backend.value_and_grad(loss, embedding)
+
+    (value, aux, grad) = maps_loss(lambda *args: backend.unet(*args[:3], recorder=args[3]))
+    assert calls == {"up_blocks": 1, "mid_block": 1}
+    (value_cut, aux_cut, grad_cut) = maps_loss(backend.record_attention)
+    assert calls[skipped] == 1, f"record_attention ran {skipped} though no kept map is there"
+    assert places == [set(blocks), set(blocks)]
+    assert torch.equal(aux_cut["cross"], aux["cross"]) and torch.equal(aux_cut["self"], aux["self"])
+    torch.testing.assert_close(grad_cut, grad, rtol=1e-6, atol=1e-9)
+    assert grad.abs().sum() > 0
+
+
+def test_ito_blocks_setting_cli_and_run(models, tmp_path, capsys):
+    """--ito-blocks: checked in one line; a run without up reads other maps (other losses) and records it."""
+    from suppresseot.cli import main
+    from suppresseot.config import SuppressionSettings
+
+    assert SuppressionSettings(ito_blocks=["up", "mid", "down"]).validate().ito_blocks == ("up", "down", "mid")
+    for bad, message in ((("mid",), "must include down or up"), (("up", "up"), "each once"),
+                         (("side",), "some of down, mid, up"), ((), "got none")):
+        with pytest.raises(SuppressEOTError, match=message):
+            SuppressionSettings(ito_blocks=bad).validate()
+    model = models["sdxl"]
+    whole = model.generate(PROMPT, "hat", seed=1, steps=3, iterations=2)
+    cut = model.generate(PROMPT, "hat", seed=1, steps=3, iterations=2, ito_blocks=("down", "mid"))
+    assert len(cut.ito_log) == len(whole.ito_log) > 0
+    assert not np.allclose([r["total"] for r in cut.ito_log], [r["total"] for r in whole.ito_log])
+    record = json.loads((cut.save(tmp_path) / "run.json").read_text())
+    assert record["settings"]["ito_blocks"] == ["down", "mid"]
+    no_maps = replace(model.family, map_places=("up",))  # a model whose maps are in the up blocks only
+    model.family, family = no_maps, model.family
+    try:
+        with pytest.raises(SuppressEOTError, match=r"no 4x4 attention maps in the down,mid block\(s\).*maps are in up"):
+            model.generate(PROMPT, "hat", seed=1, steps=3, ito_blocks=("down", "mid"))
+    finally:
+        model.family = family
+    assert main(["generate", PROMPT, "--suppress-words", "hat", "--ito-blocks", "down,side"]) == 2
+    assert "--ito-blocks: 'down,side' is not a comma list of down, mid, up" in capsys.readouterr().err

@@ -215,22 +215,24 @@ def test_attention_recompute_is_opt_in_and_changes_no_value(models, small_model_
     assert relative(grads[1][1], grads[0][1]) < 1e-5 and np.abs(grads[0][1]).sum() > 0
 
 
-def test_record_attention_stops_after_the_maps_and_keeps_them(models):
-    """Jittor's map-only pass returns after the 16x16 up block with the maps (and gradient) of a whole pass."""
+@pytest.mark.parametrize("places, skipped", [(("up", "down", "mid"), "conv_out"), (("down",), "mid_block")])
+def test_record_attention_stops_after_the_maps_and_keeps_them(models, places, skipped):
+    """Jittor's map-only pass returns after the 16x16 up block (after the down blocks where only their maps are
+    kept: --ito-blocks down) with the maps (and gradient) of a whole pass."""
     from suppresseot.algorithm.attention import AttentionRecorder
 
     backend = models[0].backend
     ran = []
-    conv_out = backend.unet_model.conv_out
-    execute = conv_out.execute
-    conv_out.execute = lambda *args: ran.append(1) or execute(*args)
+    module = getattr(backend.unet_model, skipped)
+    execute = module.execute
+    module.execute = lambda *args: ran.append(1) or execute(*args)
     rng = np.random.default_rng(5)
     x = backend.from_numpy(rng.standard_normal((1, 4, 32, 32)).astype(np.float32))
     e = backend.encode_text([49406] + [320] * 5 + [49407] * 71)
 
     def maps_loss(run):
         def loss(c):
-            recorder = AttentionRecorder()
+            recorder = AttentionRecorder(places=places)
             run(x, 301, c, recorder)
             cross, self_ = recorder.aggregate(True), recorder.aggregate(False)
             return (cross ** 2).sum() + (self_ ** 2).sum(), {"cross": cross, "self": self_}
@@ -241,9 +243,9 @@ def test_record_attention_stops_after_the_maps_and_keeps_them(models):
         whole = maps_loss(lambda *args: backend.unet(*args[:3], recorder=args[3]))
         assert len(ran) == 1
         cut = maps_loss(backend.record_attention)
-        assert len(ran) == 1, "record_attention ran the output convolution"
+        assert len(ran) == 1, f"record_attention ran {skipped}"
     finally:
-        conv_out.execute = execute
+        module.execute = execute
     assert cut[1].shape == (16, 16, 77) and cut[2].shape == (16, 16, 256)
     assert cut[0] == pytest.approx(whole[0], rel=1e-6)
     for a, b in zip(cut[1:], whole[1:]):

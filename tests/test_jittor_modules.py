@@ -108,7 +108,7 @@ class Recorder16:
     def __init__(self, calls):
         self.calls = calls
 
-    def wants(self, query_length):
+    def wants(self, query_length, place):
         return query_length == 256
 
     def __call__(self, probs, is_cross, place):

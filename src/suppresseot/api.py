@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .algorithm import pipeline
+from .algorithm.attention import CROSS_REFERENCE_PLACES
 from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, SamplingSettings,
                      SuppressionSettings)
 from .errors import SuppressEOTError
@@ -314,11 +315,11 @@ class SuppressEOT:
                                        "of steps")
         elif any(isinstance(image, Inversion) for image in images):
             raise SuppressEOTError("edit_many takes photos or Inversions, not a mix of both")
-        else:
+        settings = self._settings(settings, overrides)  # before the inversion's minutes
+        if not all(isinstance(image, Inversion) for image in images):
             if prompts is None or any(p is None for p in prompts):
                 raise SuppressEOTError("edit needs the prompt that describes the photo")
             inverted = self.invert_many(images, prompts, inversion, steps=steps, guidance_scale=guidance_scale)
-        settings = replace(settings or SuppressionSettings(), **overrides).validate()
         step_scale = settings.step_scale if settings.step_scale is not None else REAL_STEP_SCALE
         results = self._suppress_many("real", [inv.prompt for inv in inverted], suppress, settings,
                                       SamplingSettings(steps, guidance_scale), step_scale,
@@ -345,7 +346,7 @@ class SuppressEOT:
         passes batched; each result equals ``generate``'s within the rounding of batched kernels."""
         if not (len(prompts) == len(suppress) == len(seeds)) or not prompts:
             raise SuppressEOTError("generate_many needs one token group and one seed per prompt")
-        settings = replace(settings or SuppressionSettings(), **overrides).validate()
+        settings = self._settings(settings, overrides)
         sampling = SamplingSettings(steps, guidance_scale).validate()
         step_scale = settings.step_scale if settings.step_scale is not None else GENERATED_STEP_SCALE
         for prompt in prompts:
@@ -360,6 +361,19 @@ class SuppressEOT:
         return results
 
     # --- shared -------------------------------------------------------------------------------
+    def _settings(self, settings: SuppressionSettings | None, overrides: dict) -> SuppressionSettings:
+        """The settings with ``overrides``, checked, also against this model (where its maps are)."""
+        settings = replace(settings or SuppressionSettings(), **overrides).validate()
+        family = self.family
+        read = [p for p in settings.ito_blocks if p in family.map_places and p in CROSS_REFERENCE_PLACES]
+        if not read:
+            side = family.maps_resolution
+            raise SuppressEOTError(
+                f"this {family.name} model has no {side}x{side} attention maps in the {','.join(settings.ito_blocks)} "
+                f"block(s) where the reference cross-attention maps are read; its maps are in "
+                f"{','.join(family.map_places) or 'no block'}: choose ITO blocks among those")
+        return settings
+
     def _suppress_many(self, kind, prompts, suppress, settings, sampling, step_scale, starts,
                        uncond_per_step, decode: bool = True) -> list[SuppressionResult]:
         """SWR + ITO sampling of K tasks together; ``starts`` and ``uncond_per_step`` hold one entry per task."""

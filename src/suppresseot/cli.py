@@ -55,6 +55,13 @@ def whole_number(minimum: int):
     return parse
 
 
+def _blocks(text: str) -> tuple[str, ...]:
+    blocks = tuple(part.strip() for part in text.split(","))
+    if not all(b in ("down", "mid", "up") for b in blocks) or len(set(blocks)) != len(blocks):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of down, mid, up (each once)")
+    return blocks
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -162,6 +169,10 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
     m.add_argument("--pooled", choices=["keep", "swr"], default="keep",
                    help="SDXL's pooled text embedding: keep the prompt's, or regularize it with the second encoder's "
                         "EOT embeddings (docs/families.md; default: %(default)s)")
+    m.add_argument("--ito-blocks", type=_blocks, default=("up", "down", "mid"), metavar="BLOCKS",
+                   help="UNet blocks whose attention maps the ITO losses read, a comma list of down, mid, up "
+                        "(default: all, as the official code; SDXL without up: ITO's passes end after the mid "
+                        "block, faster, but a change of method: docs/families.md)")
     s = p.add_argument_group("sampling")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     s.add_argument("--guidance-scale", type=_finite, default=7.5, help="classifier-free guidance (default: "
@@ -258,7 +269,7 @@ def _settings(args):
         runs.append(SuppressionSettings(alpha=alpha, tau=tau, method=args.method, iterations=args.iterations,
                                         max_step_to_erase=args.max_step_to_erase, lambdas=lambdas,
                                         step_scale=args.step_scale, all_heads=args.all_heads,
-                                        pooled=args.pooled).validate())
+                                        pooled=args.pooled, ito_blocks=args.ito_blocks).validate())
     return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
 
 

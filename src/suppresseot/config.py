@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .algorithm.attention import ALL_PLACES, CROSS_REFERENCE_PLACES
 from .algorithm.losses import Lambdas
 from .algorithm.swr import METHODS, POOLED
 from .errors import SuppressEOTError
@@ -25,6 +26,9 @@ class SuppressionSettings:
     step_scale: float | None = None  # ITO step size; None: 20 for generated, 5 for real images
     all_heads: bool = False  # False: the official map average (first half of the heads during ITO)
     pooled: str = "keep"  # SDXL's pooled text embedding: "keep" the prompt's, or "swr" it with encoder 2's EOT
+    # UNet blocks whose maps (at the family's resolution) the ITO losses read: all, as the official code; fewer
+    # end ITO's passes earlier (SDXL without "up": the passes stop after the mid block; docs/families.md)
+    ito_blocks: tuple[str, ...] = ALL_PLACES
 
     def validate(self) -> "SuppressionSettings":
         if not math.isfinite(self.alpha):
@@ -33,6 +37,15 @@ class SuppressionSettings:
             raise SuppressEOTError(f"tau must be in [0, 1] (0.8 is the default), got {self.tau}")
         if self.pooled not in POOLED:
             raise SuppressEOTError(f"unknown pooled-embedding handling {self.pooled!r}: choose {' or '.join(POOLED)}")
+        blocks = [self.ito_blocks] if isinstance(self.ito_blocks, str) else list(self.ito_blocks)
+        if (not blocks or not all(isinstance(b, str) for b in blocks) or len(set(blocks)) != len(blocks)
+                or not set(blocks) <= set(ALL_PLACES)):
+            raise SuppressEOTError("ITO blocks must be some of down, mid, up (each once), got "
+                                   f"{','.join(map(str, blocks)) or 'none'}")
+        if not set(blocks) & set(CROSS_REFERENCE_PLACES):
+            raise SuppressEOTError("ITO blocks must include down or up: the reference cross-attention maps are read "
+                                   "there, as in the official code")
+        self.ito_blocks = tuple(p for p in ALL_PLACES if p in blocks)  # the official summation order
         if self.method not in METHODS:
             raise SuppressEOTError(f"unknown SWR method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.iterations < 0:

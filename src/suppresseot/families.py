@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .algorithm.attention import ALL_PLACES
 from .algorithm.ddim import DDIMSchedule
 from .algorithm.swr import EmbeddingLayout
 from .errors import SuppressEOTError
@@ -81,6 +82,7 @@ class Family:
     time_ids: bool = False  # SDXL: (original size, crop top-left, target size) added to the time embedding
     zero_uncond: bool = False  # the unconditional embedding is zeros, not "" encoded (force_zeros_for_empty_prompt)
     latent_channels: int = 4
+    map_places: tuple[str, ...] = ("up", "down")  # the UNet blocks with attention at maps_resolution (SD 1's)
 
     @property
     def prediction_type(self) -> str:
@@ -108,7 +110,22 @@ class Family:
     def describe(self) -> dict:
         """For run.json."""
         return {"family": self.name, "prediction_type": self.prediction_type, "image_size": self.image_size,
-                "maps_resolution": self.maps_resolution, "text_encoders": [e.subfolder for e in self.text_encoders]}
+                "maps_resolution": self.maps_resolution, "map_places": list(self.map_places),
+                "text_encoders": [e.subfolder for e in self.text_encoders]}
+
+
+def places_with_maps(unet: dict, latent: int, side: int) -> tuple[str, ...]:
+    """The places ("up", "down", "mid") whose attention layers run at ``side`` x ``side`` for a latent of
+    side ``latent``: down block i runs at latent / 2^i, the mid block at the lowest level, up block j at
+    the mirror of down block n-1-j (diffusers' UNet2DConditionModel)."""
+    down = unet.get("down_block_types", ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
+    up = unet.get("up_block_types", ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    levels = len(down)
+    mid = unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    found = {"down": any("CrossAttn" in b and latent // 2 ** i == side for i, b in enumerate(down)),
+             "mid": bool(mid) and "CrossAttn" in mid and latent // 2 ** (levels - 1) == side,
+             "up": any("CrossAttn" in b and latent // 2 ** (levels - 1 - j) == side for j, b in enumerate(up))}
+    return tuple(p for p in ALL_PLACES if found[p])
 
 
 def _read(path: Path) -> dict:
@@ -161,8 +178,10 @@ def detect_family(model_dir: str | Path) -> Family:
         encoders = (TextEncoder("text_encoder", "tokenizer", first_width, "penultimate"),
                     TextEncoder("text_encoder_2", "tokenizer_2", width, "penultimate", pooled=True,
                                 pooled_width=pooled_width))
-        return Family("sdxl", encoders, latent, image, maps_resolution=max(1, image // 32), schedule_config=schedule,
-                      time_ids=True, zero_uncond=bool(index.get("force_zeros_for_empty_prompt", True)))
+        side = max(1, image // 32)
+        return Family("sdxl", encoders, latent, image, maps_resolution=side, schedule_config=schedule,
+                      time_ids=True, zero_uncond=bool(index.get("force_zeros_for_empty_prompt", True)),
+                      map_places=places_with_maps(unet, latent, side))
     if (model_dir / "text_encoder_2").is_dir():
         raise _refuse("a UNet without SDXL's text_time conditioning next to two text encoders")
     encoders = (TextEncoder("text_encoder", "tokenizer", first_width),)
@@ -170,6 +189,9 @@ def detect_family(model_dir: str | Path) -> Family:
     # ViT-L (quick_gelu, 768-dim). The tiny test models keep these markers at small widths.
     open_clip = text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024
     if open_clip:
-        return Family("sd2", encoders, latent, image, maps_resolution=max(1, image // 32), schedule_config=schedule)
+        side = max(1, image // 32)
+        return Family("sd2", encoders, latent, image, maps_resolution=side, schedule_config=schedule,
+                      map_places=places_with_maps(unet, latent, side))
     # SD 1: the official code's 16x16 maps whatever the size (1/32 of the side at 512 px)
-    return Family("sd1", encoders, latent, image, maps_resolution=16, schedule_config=schedule)
+    return Family("sd1", encoders, latent, image, maps_resolution=16, schedule_config=schedule,
+                  map_places=places_with_maps(unet, latent, 16))

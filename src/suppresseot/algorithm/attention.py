@@ -10,6 +10,7 @@ from __future__ import annotations
 RESOLUTION = 16
 CROSS_REFERENCE_PLACES = ("up", "down")  # the official reference cross maps leave out the mid block
 ALL_PLACES = ("up", "down", "mid")
+FORWARD_ORDER = ("down", "mid", "up")  # the UNet's blocks in the order a pass runs them
 
 
 class AttentionRecorder:
@@ -19,16 +20,22 @@ class AttentionRecorder:
     split ``aggregate`` reads), added to a running total per place: a pass holds a few (batch, 2, res, res,
     keys) tensors instead of every layer's probabilities (SDXL's 32x32 level has 60 self-attention layers of
     20 heads: 4.7 GiB of bf16 probabilities at batch 2). Gradients flow through the totals. ``batch``: the
-    samples in the pass (rows = batch * heads).
+    samples in the pass (rows = batch * heads). ``places``: the UNet blocks whose maps it keeps (ITO's
+    ``ito_blocks``); a pass may end after the last of them (``last_place``).
     """
 
-    def __init__(self, resolution: int = RESOLUTION, batch: int = 1):
-        self.resolution, self.batch = resolution, batch
+    def __init__(self, resolution: int = RESOLUTION, batch: int = 1, places=ALL_PLACES):
+        self.resolution, self.batch, self.places = resolution, batch, tuple(places)
         self.totals = {}  # (kind, place) -> [sum (batch, halves, res*res, keys), heads summed per sample]
 
-    def wants(self, query_length: int) -> bool:
+    def wants(self, query_length: int, place: str) -> bool:
         """Backends may skip explicit attention (use fused kernels) on layers this returns False for."""
-        return query_length == self.resolution ** 2
+        return query_length == self.resolution ** 2 and place in self.places
+
+    @property
+    def last_place(self) -> str:
+        """The last block of a pass ("down", "mid" or "up") that holds maps this recorder keeps."""
+        return max(self.places, key=FORWARD_ORDER.index)
 
     def reduce(self, probs):
         """(batch, 2, queries, keys): each sample's sum over the first and over the second half of its heads
@@ -48,7 +55,7 @@ class AttentionRecorder:
             self.totals[key] = [reduced, heads]
 
     def __call__(self, probs, is_cross: bool, place: str) -> None:
-        if self.wants(probs.shape[1]):
+        if self.wants(probs.shape[1], place):
             self.add(self.reduce(probs), probs.shape[0] // self.batch, is_cross, place)
 
     def aggregate(self, is_cross: bool, places=ALL_PLACES, select: int = 0, halves: bool = True,

@@ -193,9 +193,11 @@ class SuppressionOutput:
 
 
 def _maps(recorder: AttentionRecorder, backend, all_heads: bool, cross_places, tasks: int):
-    """(K, res, res, keys) float64 cross and self maps of a pass over K tasks' edited (or original) branch."""
+    """(K, res, res, keys) float64 cross and self maps of a pass over K tasks' edited (or original) branch,
+    from the places the recorder kept."""
+    cross_places = [p for p in cross_places if p in recorder.places]
     cross = backend.to_float64(recorder.aggregate(True, cross_places, halves=not all_heads, tasks=tasks))
-    self_ = backend.to_float64(recorder.aggregate(False, ALL_PLACES, halves=not all_heads, tasks=tasks))
+    self_ = backend.to_float64(recorder.aggregate(False, recorder.places, halves=not all_heads, tasks=tasks))
     return cross, self_
 
 
@@ -222,14 +224,16 @@ class InferenceTimeOptimization:
         all_heads, lambdas = settings.all_heads, settings.lambdas
         tasks = len(n_tokens)
 
+        places = settings.ito_blocks
+
         def reference_maps(latent_original, t, text):
-            recorder = AttentionRecorder(resolution, batch=tasks)
+            recorder = AttentionRecorder(resolution, batch=tasks, places=places)
             backend.record_attention(latent_original, t, text, recorder)
             return _maps(recorder, backend, all_heads, CROSS_REFERENCE_PLACES, tasks)
 
         def optimization_step(edited, latent_edited, t, cross_reference, self_reference, weights, factor):
             def loss_of(embedding):
-                recorder = AttentionRecorder(resolution, batch=tasks)
+                recorder = AttentionRecorder(resolution, batch=tasks, places=places)
                 backend.record_attention(latent_edited, t, embedding, recorder)
                 cross, self_ = _maps(recorder, backend, all_heads, ALL_PLACES, tasks)
                 totals, parts = zip(*(attention_loss(cross_reference[b], cross[b], self_reference[b], self_[b],

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..algorithm.attention import FORWARD_ORDER
 from ..errors import BackendUnavailable, SuppressEOTError
 from .base import sample_sizes
 
@@ -65,7 +66,7 @@ class RecordingAttnProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
 
-        wanted = recorder is not None and recorder.wants(query.shape[1])
+        wanted = recorder is not None and recorder.wants(query.shape[1], self.place)
         if self.backend.fused_attention and not wanted:
             heads = attn.heads
             q, k, v = (x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
@@ -273,9 +274,13 @@ class TorchBackend:
         # processor names look like "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
         self.unet_model.set_attn_processor({name: RecordingAttnProcessor(self, name.split("_")[0])
                                             for name in self.unet_model.attn_processors})
-        self._maps_side = None
+        self._maps_side = self._maps_last = None
         for block in self.unet_model.up_blocks:
             block.register_forward_hook(self._end_after_maps)
+        # recorders that keep no up-block maps (--ito-blocks without up) end before the up blocks or the mid block
+        self.unet_model.up_blocks[0].register_forward_pre_hook(self._end_before("up"))
+        if self.unet_model.mid_block is not None:
+            self.unet_model.mid_block.register_forward_pre_hook(self._end_before("mid"))
         # torch.compile (inductor) for the UNet calls that record no maps: null-text iterations, inversion
         # steps, unconditional passes, i.e. most of a real photo's work. It fuses the normalizations, layout
         # copies and pointwise ops around the GEMMs and convolutions into fewer kernels (a bf16 null-text
@@ -356,17 +361,26 @@ class TorchBackend:
             self.recorder = None
 
     def record_attention(self, latents, t: int, context, recorder) -> None:
-        """The UNet pass up to the last block that holds attention at the recorder's resolution: the later
-        blocks (SD v1: the 32x32 and 64x64 up blocks, the output convolution; about half a forward) cannot
-        change the maps, so passes that only compare maps (ITO, its reference) skip them. What runs is the
-        same computation as in ``unet``, so the maps and their gradients are the same."""
-        self._maps_side = recorder.resolution
+        """The UNet pass up to the last block that holds attention the recorder keeps (its resolution, its
+        places): the later blocks (SD v1: the 32x32 and 64x64 up blocks, the output convolution; about half a
+        forward) cannot change the maps, so passes that only compare maps (ITO, its reference) skip them. What
+        runs is the same computation as in ``unet``, so the maps and their gradients are the same."""
+        self._maps_side, self._maps_last = recorder.resolution, recorder.last_place
         try:
             self.unet(latents, t, context, recorder=recorder)
         except _MapsRecorded:
             pass
         finally:
-            self._maps_side = None
+            self._maps_side = self._maps_last = None
+
+    def _end_before(self, place: str):
+        """Forward pre-hook of the mid block and the first up block: no later block holds kept maps."""
+        later = FORWARD_ORDER[FORWARD_ORDER.index(place):]
+
+        def hook(block, args):
+            if self._maps_last is not None and self._maps_last not in later:
+                raise _MapsRecorded
+        return hook
 
     def _end_after_maps(self, block, args, output):
         """Forward hook of the up blocks (registered once: adding and removing hooks per call would change

@@ -71,16 +71,17 @@ class JittorBackend:
 
     def record_attention(self, latents, t: int, context, recorder) -> None:
         """The UNet pass only as far as the recorder's maps need (see the PyTorch backend's)."""
-        self._unet_pass(latents, t, context, recorder, stop_past_side=recorder.resolution)
+        self._unet_pass(latents, t, context, recorder, stop_past_side=recorder.resolution,
+                        last_place=recorder.last_place)
 
-    def _unet_pass(self, latents, t, context, recorder, stop_past_side=None):
+    def _unet_pass(self, latents, t, context, recorder, stop_past_side=None, last_place="up"):
         # jittor evaluates lazily: run what the inputs depend on now, so graphs never span many steps
         if not self._tracing:
             self.jt.sync([latents, context])
         self.unet_model.set_attention_recorder(recorder)
         try:
             t = t if isinstance(t, self.jt.Var) else int(t)  # a Var inside a static step (StaticStep)
-            return self.unet_model(latents, t, context, stop_past_side=stop_past_side)
+            return self.unet_model(latents, t, context, stop_past_side=stop_past_side, last_place=last_place)
         finally:
             self.unet_model.set_attention_recorder(None)
 

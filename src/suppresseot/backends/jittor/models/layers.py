@@ -104,7 +104,7 @@ class RecomputedAttention(jt.Function):
 class Attention(nn.Module):
     """diffusers' ``Attention`` with the classic processor, written out so attention maps can be recorded.
 
-    ``recorder(probs, is_cross, place_in_unet)`` (when set, and unless ``recorder.wants(query_length)``
+    ``recorder(probs, is_cross, place_in_unet)`` (when set, and unless ``recorder.wants(query_length, place)``
     exists and says no) sees the (B*heads, queries, keys) float32 softmax probabilities, row
     ``b * heads + h`` as in diffusers' ``head_to_batch_dim``; they stay in the graph, so ``jt.grad``
     can flow through whatever the recorder computes from them.
@@ -134,7 +134,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
         rec = self.recorder
-        if rec is not None and (not hasattr(rec, "wants") or rec.wants(q.shape[1])):
+        if rec is not None and (not hasattr(rec, "wants") or rec.wants(q.shape[1], self.place_in_unet)):
             probs = attention_probabilities(q, k, self.scale)  # in the graph: the recorder's losses need it
             rec(probs, self.is_cross, self.place_in_unet)
             out = nn.bmm(probs.cast(v.dtype), v)

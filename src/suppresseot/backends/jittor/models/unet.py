@@ -283,9 +283,10 @@ class UNet2DConditionModel(nn.Module):
             t = jt.array(np.asarray(timestep, dtype=np.float32).reshape(-1))
         return t.broadcast((batch,)) if t.shape[0] == 1 and batch != 1 else t
 
-    def execute(self, sample, timestep, encoder_hidden_states, stop_past_side=None):
+    def execute(self, sample, timestep, encoder_hidden_states, stop_past_side=None, last_place="up"):
         """Noise prediction; with ``stop_past_side`` the pass ends (returning None) after the first up block
-        whose output is larger than that side: the attention maps up to there are all it is run for."""
+        whose output is larger than that side, or after block ``last_place`` ("down", "mid"): the attention
+        maps up to there are all it is run for."""
         t = self._timesteps(timestep, sample.shape[0])
         t_emb = timestep_embedding(t, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift,
                                    freqs=self._time_frequencies[0])
@@ -297,7 +298,11 @@ class UNet2DConditionModel(nn.Module):
         for block in self.down_blocks:
             x, s = block(x, temb, context)
             skips += s
+        if stop_past_side is not None and last_place == "down":
+            return None
         x = self.mid_block(x, temb, context)
+        if stop_past_side is not None and last_place == "mid":
+            return None
         for block in self.up_blocks:
             x = block(x, skips, temb, context)
             if stop_past_side is not None and x.shape[2] * x.shape[3] > stop_past_side ** 2:
