@@ -254,3 +254,29 @@ def test_ito_blocks_setting_cli_and_run(models, tmp_path, capsys):
         model.family = family
     assert main(["generate", PROMPT, "--suppress-words", "hat", "--ito-blocks", "down,side"]) == 2
     assert "--ito-blocks: 'down,side' is not a comma list of down, mid, up" in capsys.readouterr().err
+
+
+def test_sdxl_float16_runs_its_vae_in_float32_as_its_pipeline(family_dirs, tmp_path):
+    """SDXL's VAE overflows in float16; with force_upcast in its config (AutoencoderKL's default) diffusers'
+    SDXL pipeline decodes in float32, and so does the backend. A VAE config that sets it false keeps float16."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from suppresseot.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(family_dirs["sdxl"], device="cpu", dtype="float16")
+    assert backend.unet_model.dtype == torch.float16 and backend.vae.dtype == torch.float32
+    latents = torch.randn(2, 4, backend.latent_size, backend.latent_size, generator=torch.Generator().manual_seed(0))
+    vae = AutoencoderKL.from_pretrained(family_dirs["sdxl"], subfolder="vae")  # float32
+    with torch.no_grad():
+        expected = ((vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1) * 255)
+    expected = expected.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert np.abs(backend.vae_decode(latents).astype(int) - expected).max() <= 1  # (1/s)*x vs x/s: 8-bit rounding
+
+    fixed = shutil.copytree(family_dirs["sdxl"], tmp_path / "sdxl-fp16-vae")  # like madebyollin/sdxl-vae-fp16-fix
+    config = json.loads((fixed / "vae" / "config.json").read_text())
+    (fixed / "vae" / "config.json").write_text(json.dumps({**config, "force_upcast": False}))
+    assert TorchBackend(fixed, device="cpu", dtype="float16").vae.dtype == torch.float16
+    assert TorchBackend(family_dirs["sd2"], device="cpu", dtype="float16").vae.dtype == torch.float16  # SD 2's pipeline

@@ -83,6 +83,7 @@ class Family:
     zero_uncond: bool = False  # the unconditional embedding is zeros, not "" encoded (force_zeros_for_empty_prompt)
     latent_channels: int = 4
     map_places: tuple[str, ...] = ("up", "down")  # the UNet blocks with attention at maps_resolution (SD 1's)
+    upcast_vae: bool = False  # float16 runs the VAE in float32 (SDXL's force_upcast, as its pipeline does)
 
     @property
     def prediction_type(self) -> str:
@@ -181,7 +182,8 @@ def detect_family(model_dir: str | Path) -> Family:
         side = max(1, image // 32)
         return Family("sdxl", encoders, latent, image, maps_resolution=side, schedule_config=schedule,
                       time_ids=True, zero_uncond=bool(index.get("force_zeros_for_empty_prompt", True)),
-                      map_places=places_with_maps(unet, latent, side))
+                      map_places=places_with_maps(unet, latent, side),
+                      upcast_vae=bool(vae.get("force_upcast", True)))  # AutoencoderKL's default
     if (model_dir / "text_encoder_2").is_dir():
         raise _refuse("a UNet without SDXL's text_time conditioning next to two text encoders")
     encoders = (TextEncoder("text_encoder", "tokenizer", first_width),)

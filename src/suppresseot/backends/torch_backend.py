@@ -246,7 +246,11 @@ class TorchBackend:
                 model_dir, subfolder=e.subfolder, **load) for e in self.family.text_encoders]
             self.text_encoder = self.text_encoders[0]
             self.unet_model = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
-            self.vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **load)
+            # SDXL's VAE overflows in float16 (NaN, black images); its pipeline runs it in float32 when the
+            # VAE config says force_upcast, and so does this backend (Family.upcast_vae)
+            self.vae_dtype = (torch.float32 if self.torch_dtype == torch.float16 and self.family.upcast_vae
+                              else self.torch_dtype)
+            self.vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **{**load, "torch_dtype": self.vae_dtype})
         except (OSError, ValueError, EnvironmentError) as exc:
             raise SuppressEOTError(f"could not load the model from {model_dir}: {str(exc).splitlines()[0]}") from exc
         # The text encoder and the VAE wait in CPU memory between uses on a GPU (HostResident); the UNet stays.
@@ -391,14 +395,14 @@ class TorchBackend:
     def vae_encode(self, image: np.ndarray):
         with torch.no_grad(), self._on_device(self.vae) as vae:
             x = torch.from_numpy(image).float() / 127.5 - 1
-            x = x.permute(2, 0, 1).unsqueeze(0).to(self.device, self.torch_dtype)
+            x = x.permute(2, 0, 1).unsqueeze(0).to(self.device, self.vae_dtype)
             return vae.encode(x).latent_dist.mean.float() * self.scaling_factor
 
     def vae_decode(self, latents) -> np.ndarray:
         # One image at a time: a batch of two doubles the decoder's 512x512 activations (by count, about
         # 0.6 GiB an image in fp32), and convolutions act on each image alone either way.
         with torch.no_grad(), self._on_device(self.vae) as vae:
-            scaled = (1 / self.scaling_factor) * latents.to(self.torch_dtype)
+            scaled = (1 / self.scaling_factor) * latents.to(self.vae_dtype)
             image = torch.cat([vae.decode(one[None]).sample for one in scaled])
             image = (image / 2 + 0.5).clamp(0, 1)
             return (image.float().cpu().permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
