@@ -72,6 +72,9 @@ def _copy_configs(src: Path, dst: Path) -> Path:
     (lambda d: _edit(d / "unet" / "config.json", in_channels=9), "inpainting UNet"),
     (lambda d: (d / "transformer").mkdir(), "transformer-based"),
     (lambda d: _edit(d / "unet" / "config.json", class_embed_type="projection"), "unCLIP"),
+    (lambda d: _edit(d / "scheduler" / "scheduler_config.json", _class_name="EDMDPMSolverMultistepScheduler",
+                     sigma_data=0.5), "EDM"),  # Playground v2.5: SDXL's architecture, another formulation
+    (lambda d: _edit(d / "vae" / "config.json", latents_mean=[0.0] * 4, latents_std=[1.0] * 4), "latents' mean"),
 ])
 def test_unsupported_models_refused(family_dirs, tmp_path, change, words):
     folder = _copy_configs(family_dirs["sd2"], tmp_path / "m")

@@ -165,10 +165,15 @@ def detect_family(model_dir: str | Path) -> Family:
     if addition == "text_time" and not (model_dir / "text_encoder").is_dir():
         raise _refuse("the SDXL refiner (one text encoder, aesthetic-score conditioning)")
 
+    scheduler = _read(model_dir / "scheduler" / "scheduler_config.json")
+    if "EDM" in str(scheduler.get("_class_name", "")) or "sigma_data" in scheduler:
+        raise _refuse("an EDM-formulation model (e.g. Playground v2.5; DDIM on its betas would be wrong)")
+    if vae.get("latents_mean") is not None or vae.get("latents_std") is not None:
+        raise _refuse("a VAE that normalizes its latents' mean and std (e.g. Playground v2.5)")
     from .backends.base import sample_sizes
 
     latent, image = sample_sizes(unet, vae)
-    schedule = ScheduleConfig.from_json(_read(model_dir / "scheduler" / "scheduler_config.json"))
+    schedule = ScheduleConfig.from_json(scheduler)
     first_width = int(text.get("hidden_size", unet.get("cross_attention_dim", 768)))
     if addition == "text_time":
         second = _read(model_dir / "text_encoder_2" / "config.json")
