@@ -10,7 +10,8 @@ and measures each output's relative error against a float64 numpy reference, whi
     python benchmarks/probe_conv.py --framework jittor
 
 On an H200 (docs/jittor.md) jittor's convolutions already ran in TF32, at 0.15-0.35 ms a call whatever
-the shape or batch: host time per call, not GPU time.
+the shape or batch: host time per call, not GPU time. The last row times one elementwise op (x * c) the same
+way: the framework's floor per op, which any convolution op, a custom one with cached cuDNN set-up too, pays.
 
 Prints one JSON object per shape, and the list with --out.
 """
@@ -135,6 +136,12 @@ def main() -> None:
                 row["rel_err_fwd"] = float(f"{rel(fw.get(fw.conv(x, w))[0], reference(x_np[0], w_np)):.2e}")
         print(json.dumps(row), flush=True)
         rows.append(row)
+    row = {"setting": fw.setting, "shape": "elementwise x*c @64 (320 channels)"}
+    for batch in (1, 2):
+        x = fw.put(rng.standard_normal((batch, 320, 64, 64)).astype(np.float32))
+        row[f"fwd_ms_b{batch}"] = round(timed_ms(fw, lambda: x * 1.0001, args.repeats), 3)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"setting": fw.setting, "rows": rows}, indent=1))
