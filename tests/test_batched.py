@@ -36,6 +36,17 @@ def test_make_groups_gathers_tasks_of_one_kind_and_settings_in_order():
     assert [[t.id for t in g] for g in make_groups(tasks, BatchOptions())] == [[t.id] for t in tasks]
 
 
+def test_batch_ito_blocks_reach_every_tasks_settings():
+    from suppresseot.cli import build_parser
+    from suppresseot.study.batch import task_settings
+
+    args = build_parser().parse_args(["batch", "m.json", "--out", "o", "--ito-blocks", "mid,down"])
+    assert args.ito_blocks == ("mid", "down")
+    settings, _ = task_settings(Task("g", "generated", "a cat", [2]), BatchOptions(ito_blocks=args.ito_blocks))
+    assert settings.ito_blocks == ("down", "mid")
+    assert task_settings(Task("g", "generated", "a cat", [2]), BatchOptions())[0].ito_blocks == ("up", "down", "mid")
+
+
 @pytest.fixture(scope="module")
 def model(small_model_dir):
     pytest.importorskip("diffusers")

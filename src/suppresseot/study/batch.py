@@ -42,6 +42,7 @@ class BatchOptions:
     inversion: str | None = None  # nt | npi (official nt)
     memory_interval: float = DEFAULT_INTERVAL
     group_size: int = 1  # tasks with the same settings run together, their UNet passes batched
+    ito_blocks: tuple = ("up", "down", "mid")  # UNet blocks whose maps ITO reads (suppress-eot --ito-blocks)
 
 
 def run_name(task_id: str, backend: str) -> str:
@@ -248,6 +249,7 @@ def task_settings(task: Task, options: BatchOptions):
 
     iterations = options.iterations if options.iterations is not None else task.iterations
     settings = SuppressionSettings(alpha=task.alpha, tau=task.tau, max_step_to_erase=options.max_step_to_erase,
+                                   ito_blocks=options.ito_blocks,
                                    **({} if iterations is None else {"iterations": iterations})).validate()
     inversion = None if task.type != "real" else InversionSettings(
         method=options.inversion or task.inversion or "nt", inner_steps=options.null_text_steps)

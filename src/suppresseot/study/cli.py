@@ -25,7 +25,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def add_parser(subparsers) -> None:
-    from ..cli import _add_model_options, _finite
+    from ..cli import _add_model_options, _blocks, _finite
 
     prep = subparsers.add_parser(
         "prepare", help="write the study's task manifests (JSON) for `suppress-eot batch`",
@@ -60,6 +60,9 @@ def add_parser(subparsers) -> None:
                    help="ITO gradient steps per step, for every task (default: the task's own, else 10)")
     s.add_argument("--max-step-to-erase", type=_non_negative, default=20,
                    help="ITO runs at steps [(1-tau)*steps, this) (default: %(default)s)")
+    s.add_argument("--ito-blocks", type=_blocks, default=("up", "down", "mid"), metavar="BLOCKS",
+                   help="UNet blocks whose attention maps ITO reads, a comma list of down, mid, up (default: all, "
+                        "the official choice; see suppress-eot generate --help)")
     s.add_argument("--null-text-steps", type=_positive, default=10,
                    help="null-text Adam steps per DDIM step, real photos (default: %(default)s)")
     s.add_argument("--inversion", choices=list(mf.INVERSIONS), default=None,
@@ -158,7 +161,7 @@ def cmd_batch(args) -> int:
     out = check_writable(args.out)
     options = BatchOptions(steps=args.steps, guidance_scale=args.guidance_scale, iterations=args.iterations,
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
-                           inversion=args.inversion, group_size=args.group_size)
+                           inversion=args.inversion, group_size=args.group_size, ito_blocks=args.ito_blocks)
 
     def load_model(model=None, loras=None):
         """The command line's model and LoRAs, or those the manifest names: called once a model here, or once in
