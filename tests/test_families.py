@@ -40,7 +40,14 @@ def family_dirs(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("families")
     kinds = {"sd2": ("sd2", {}), "sd2-v": ("sd2", {"prediction_type": "v_prediction"}), "sdxl": ("sdxl", {})}
-    return _Lazy(lambda name: save_random_family(base / name, TOKENIZER_DIR, kinds[name][0], **kinds[name][1]))
+
+    def make(name):
+        folder = save_random_family(base / name, TOKENIZER_DIR, kinds[name][0], **kinds[name][1])
+        if name == "sd2-v":  # as SD 2.1 (768): attention scores in float32 whatever the weights' dtype
+            _edit(folder / "unet" / "config.json", upcast_attention=True)
+        return folder
+
+    return _Lazy(make)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +95,35 @@ def _edit(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-def test_jittor_refuses_new_families(family_dirs):
+def test_jittor_refuses_sdxl(family_dirs):
     from suppresseot.api import load_backend
 
-    with pytest.raises(SuppressEOTError, match="SDXL runs on --backend torch for now"):
+    with pytest.raises(SuppressEOTError, match="SDXL runs on --backend torch for now; the Jittor backend runs "
+                                               "Stable Diffusion 1.x and 2.x"):
         load_backend("jittor", family_dirs["sdxl"], "cpu")
+
+
+@pytest.mark.parametrize("name", ["sd2", "sd2-v"])
+def test_jittor_runs_sd2_as_the_torch_backend(models, family_dirs, name):
+    """SD 2 on Jittor (OpenCLIP's gelu encoder, linear projections, per-block heads; v-prediction and SD 2.1's
+    upcast attention for sd2-v): SWR+ITO, and for v a photo with null-text, within SD 1's Jittor tolerance of
+    the PyTorch backend (1e-3 relative)."""
+    from suppresseot import SuppressEOT
+    from suppresseot.config import InversionSettings
+
+    jittor = SuppressEOT.from_pretrained(family_dirs[name], backend="jittor", device="cpu", progress=False)
+    assert {m.upcast for m in jittor.backend.unet_model.attention_modules()} == {name == "sd2-v"}
+    short = dict(steps=3, iterations=2, max_step_to_erase=3, tau=0.7)
+    runs = [lambda m: m.generate(PROMPT, "hat", seed=5, **short)]
+    if name == "sd2-v":
+        photo = Path(__file__).parents[1] / "src/suppresseot/data/study/examples/A car near trees.jpg"
+        inversion = InversionSettings(inner_steps=2)
+        runs.append(lambda m: m.edit(photo, "a car near trees", "car", inversion=inversion, **short))
+    for run in runs:
+        ours, theirs = run(jittor), run(models[name])
+        assert (ours.family, ours.backend_info["backend"]) == (theirs.family, "jittor")
+        np.testing.assert_allclose([r["total"] for r in ours.ito_log], [r["total"] for r in theirs.ito_log], rtol=1e-3)
+        assert np.linalg.norm(ours.final_latents - theirs.final_latents) <= 1e-3 * np.linalg.norm(theirs.final_latents)
 
 
 @pytest.mark.parametrize("name", ["sd2", "sd2-v", "sdxl"])

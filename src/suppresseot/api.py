@@ -151,9 +151,9 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
             raise SuppressEOTError("--compile (torch.compile) is an option of the PyTorch backend; the Jittor "
                                    "backend compiles its kernels itself: drop --compile or use --backend torch")
         family = detect_family(model_dir)
-        if len(family.text_encoders) > 1 or family.name != "sd1":
+        if len(family.text_encoders) > 1 or family.name not in ("sd1", "sd2"):
             raise SuppressEOTError(f"{family.name.upper()} runs on --backend torch for now; the Jittor backend runs "
-                                   "Stable Diffusion 1.x")
+                                   "Stable Diffusion 1.x and 2.x")
         from .backends.jittor.backend import JittorBackend
 
         return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast,

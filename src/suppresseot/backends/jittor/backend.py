@@ -1,4 +1,4 @@
-"""Jittor backend: native Jittor SD v1 modules on the diffusers folder's safetensors, jt.grad for ITO.
+"""Jittor backend: native Jittor SD 1.x / 2.x modules on the diffusers folder's safetensors, jt.grad for ITO.
 
 No torch is needed. Where torch happens to be importable, the generated-image starting noise is drawn
 with the same seeded CPU torch generator as the official code, so one seed gives one image on both
@@ -39,7 +39,7 @@ class JittorBackend:
             raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
         from ...families import detect_family
 
-        self.family = detect_family(model_dir)  # SD 1 only here (load_backend refuses the others)
+        self.family = detect_family(model_dir)  # SD 1 or 2 here (load_backend refuses SDXL)
         self.model_dir = model_dir
         self.jt = import_jittor(device)
         self.device = "cuda" if self.jt.flags.use_cuda else "cpu"

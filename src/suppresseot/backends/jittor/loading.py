@@ -142,5 +142,5 @@ def load_component(model_dir, name: str, dtype: str = "float32"):
 
 
 def load_sd_components(model_dir, dtype: str = "float32"):
-    """(text_encoder, unet, vae) of a diffusers Stable Diffusion v1 folder, as Jittor modules."""
+    """(text_encoder, unet, vae) of a diffusers Stable Diffusion 1.x or 2.x folder, as Jittor modules."""
     return tuple(load_component(model_dir, name, dtype) for name in ("text_encoder", "unet", "vae"))

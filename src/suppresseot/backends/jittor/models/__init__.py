@@ -1,4 +1,4 @@
-"""Native Jittor Stable Diffusion v1 models with diffusers/transformers parameter names.
+"""Native Jittor Stable Diffusion 1.x / 2.x models with diffusers/transformers parameter names.
 
 Importing this package imports jittor through ``env.ensure_jittor`` (offline-safe environment defaults,
 compile output to a log, ``BackendUnavailable`` on failure); call ``env.import_jittor(device)`` to pick

@@ -1,4 +1,4 @@
-"""The CLIP text encoder of Stable Diffusion v1 (transformers' ``CLIPTextModel``) in Jittor.
+"""The CLIP text encoder of Stable Diffusion 1.x and 2.x (transformers' ``CLIPTextModel``) in Jittor.
 
 Pre-LayerNorm transformer with a causal mask; returns ``last_hidden_state`` (after
 ``final_layer_norm``), which is what SD conditions on. Parameter names match the checkpoint

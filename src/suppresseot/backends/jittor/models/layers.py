@@ -121,6 +121,7 @@ class Attention(nn.Module):
         self.is_cross, self.place_in_unet = is_cross, place_in_unet
         self.recorder = None
         self.recompute = False  # unrecorded layers through RecomputedAttention (see there)
+        self.upcast = False  # q and k in float32 before their product (diffusers' upcast_attention, SD 2.1)
 
     def _split(self, x):  # (B, L, H*D) -> (B*H, L, D)
         b, n, _ = x.shape
@@ -133,6 +134,8 @@ class Attention(nn.Module):
     def execute(self, x, context=None):
         context = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
+        if self.upcast and q.dtype != jt.float32:
+            q, k = q.float32(), k.float32()
         rec = self.recorder
         if rec is not None and (not hasattr(rec, "wants") or rec.wants(q.shape[1], self.place_in_unet)):
             probs = attention_probabilities(q, k, self.scale)  # in the graph: the recorder's losses need it

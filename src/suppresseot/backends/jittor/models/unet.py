@@ -1,7 +1,8 @@
-"""The Stable Diffusion v1 UNet (diffusers' ``UNet2DConditionModel``) in Jittor.
+"""The Stable Diffusion 1.x / 2.x UNet (diffusers' ``UNet2DConditionModel``) in Jittor.
 
-Only the SD v1 family is built: CrossAttnDownBlock2D/DownBlock2D, UNetMidBlock2DCrossAttn,
-UpBlock2D/CrossAttnUpBlock2D, GEGLU transformer blocks, positional timestep embedding. Config values
+Only those families are built: CrossAttnDownBlock2D/DownBlock2D, UNetMidBlock2DCrossAttn,
+UpBlock2D/CrossAttnUpBlock2D, GEGLU transformer blocks (1x1-convolution or, SD 2, linear projections; per-block
+head counts; SD 2.1's upcast attention), positional timestep embedding. Config values
 outside that raise ``SuppressEOTError`` naming the key. Module and parameter names are diffusers' own,
 so ``diffusion_pytorch_model.safetensors`` loads without renaming.
 """
@@ -35,7 +36,7 @@ _SUPPORTED = {
     "time_embedding_act_fn": (None,),
     "time_embedding_type": ("positional",),
     "timestep_post_act": (None,),
-    "upcast_attention": (False, None),
+    "upcast_attention": (False, None, True),
     "num_attention_heads": (None,),
 }
 _DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -46,7 +47,7 @@ def _check_config(cfg: dict) -> None:
     for key, allowed in _SUPPORTED.items():
         if key in cfg and cfg[key] not in allowed:
             raise SuppressEOTError(f"unet/config.json: {key}={cfg[key]!r} is not supported by the Jittor UNet "
-                                   f"(Stable Diffusion v1 layout only; supported: {allowed})")
+                                   f"(Stable Diffusion 1.x and 2.x layouts only; supported: {allowed})")
     only_cross = cfg.get("only_cross_attention", False)
     if any(only_cross if isinstance(only_cross, (list, tuple)) else [only_cross]):
         raise SuppressEOTError("unet/config.json: only_cross_attention is not supported by the Jittor UNet")
@@ -221,7 +222,7 @@ class UpBlock(_Block):
 
 
 class UNet2DConditionModel(nn.Module):
-    """``forward(sample, timestep, encoder_hidden_states) -> noise prediction``, diffusers' SD v1 UNet."""
+    """``forward(sample, timestep, encoder_hidden_states) -> noise prediction``, diffusers' SD 1.x / 2.x UNet."""
 
     def __init__(self, config: dict):
         _check_config(config)
@@ -265,6 +266,8 @@ class UNet2DConditionModel(nn.Module):
         self.up_blocks = nn.ModuleList(up)
         self.conv_norm_out = GroupNorm(groups, ch[0], eps=eps)
         self.conv_out = nn.Conv2d(ch[0], config.get("out_channels", 4), k_out, padding=(k_out - 1) // 2)
+        for module in self.attention_modules():  # SD 2.1 (768): scores in float32 below float32 weights
+            module.upcast = bool(config.get("upcast_attention"))
 
     # -- attention hooks ------------------------------------------------------------------------
     def attention_modules(self) -> list[Attention]:
