@@ -95,27 +95,22 @@ def _edit(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-def test_jittor_refuses_sdxl(family_dirs):
-    from suppresseot.api import load_backend
-
-    with pytest.raises(SuppressEOTError, match="SDXL runs on --backend torch for now; the Jittor backend runs "
-                                               "Stable Diffusion 1.x and 2.x"):
-        load_backend("jittor", family_dirs["sdxl"], "cpu")
-
-
-@pytest.mark.parametrize("name", ["sd2", "sd2-v"])
-def test_jittor_runs_sd2_as_the_torch_backend(models, family_dirs, name):
-    """SD 2 on Jittor (OpenCLIP's gelu encoder, linear projections, per-block heads; v-prediction and SD 2.1's
-    upcast attention for sd2-v): SWR+ITO, and for v a photo with null-text, within SD 1's Jittor tolerance of
-    the PyTorch backend (1e-3 relative)."""
+@pytest.mark.parametrize("name", ["sd2", "sd2-v", "sdxl"])
+def test_jittor_runs_each_family_as_the_torch_backend(models, family_dirs, name):
+    """SD 2 and SDXL on Jittor (SD 2: OpenCLIP's gelu encoder, linear projections, per-block heads, and for
+    sd2-v v-prediction and SD 2.1's upcast attention; SDXL: two encoders, penultimate states, the pooled
+    projection, size conditioning, zero unconditional embedding): SWR+ITO, and for sd2-v and SDXL a photo with
+    null-text, within SD 1's Jittor tolerance of the PyTorch backend (1e-3 relative)."""
     from suppresseot import SuppressEOT
     from suppresseot.config import InversionSettings
 
     jittor = SuppressEOT.from_pretrained(family_dirs[name], backend="jittor", device="cpu", progress=False)
     assert {m.upcast for m in jittor.backend.unet_model.attention_modules()} == {name == "sd2-v"}
+    ours, theirs = (m.backend.to_numpy(m._embed(PROMPT)) for m in (jittor, models[name]))  # SDXL: (1, 78, D)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
     short = dict(steps=3, iterations=2, max_step_to_erase=3, tau=0.7)
     runs = [lambda m: m.generate(PROMPT, "hat", seed=5, **short)]
-    if name == "sd2-v":
+    if name in ("sd2-v", "sdxl"):
         photo = Path(__file__).parents[1] / "src/suppresseot/data/study/examples/A car near trees.jpg"
         inversion = InversionSettings(inner_steps=2)
         runs.append(lambda m: m.edit(photo, "a car near trees", "car", inversion=inversion, **short))
@@ -314,3 +309,11 @@ def test_sdxl_float16_runs_its_vae_in_float32_as_its_pipeline(family_dirs, tmp_p
     (fixed / "vae" / "config.json").write_text(json.dumps({**config, "force_upcast": False}))
     assert TorchBackend(fixed, device="cpu", dtype="float16").vae.dtype == torch.float16
     assert TorchBackend(family_dirs["sd2"], device="cpu", dtype="float16").vae.dtype == torch.float16  # SD 2's pipeline
+
+    from suppresseot.api import load_backend
+
+    jittor = load_backend("jittor", family_dirs["sdxl"], "cpu", dtype="float16")  # the Jittor backend likewise
+    assert {str(p.dtype) for p in jittor.vae.parameters()} == {"float32"}
+    assert {str(p.dtype) for p in jittor.unet_model.parameters()} == {"float16"}
+    decoded = jittor.vae_decode(jittor.jt.array(latents.numpy()))
+    assert np.abs(decoded.astype(int) - expected).max() <= 1

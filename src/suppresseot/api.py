@@ -19,7 +19,7 @@ from .algorithm.attention import CROSS_REFERENCE_PLACES
 from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, SamplingSettings,
                      SuppressionSettings)
 from .errors import SuppressEOTError
-from .families import Family, detect_family
+from .families import Family
 from .images import center_crop, load_square
 from .tokens import TokenTable, Tokenizer, resolve_groups, token_table
 from .weights import DEFAULT_MODEL, LoRA, resolve_model
@@ -150,10 +150,6 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
         if torch_options.get("compile_unet"):
             raise SuppressEOTError("--compile (torch.compile) is an option of the PyTorch backend; the Jittor "
                                    "backend compiles its kernels itself: drop --compile or use --backend torch")
-        family = detect_family(model_dir)
-        if len(family.text_encoders) > 1 or family.name not in ("sd1", "sd2"):
-            raise SuppressEOTError(f"{family.name.upper()} runs on --backend torch for now; the Jittor backend runs "
-                                   "Stable Diffusion 1.x and 2.x")
         from .backends.jittor.backend import JittorBackend
 
         return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast,

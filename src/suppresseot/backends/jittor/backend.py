@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SuppressEOTError
 from ..base import sample_sizes
 from .env import import_jittor, jittor_info
-from .loading import load_sd_components
+from .loading import load_component, load_sd_components
 
 
 def initial_noise(seed: int, latent_size: int = 64) -> tuple[np.ndarray, str]:
@@ -52,6 +52,18 @@ class JittorBackend:
         self.fast = fast
         self.noise_source = None
         self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
+        # SDXL's VAE overflows in float16: float32 where its config says force_upcast (see the PyTorch backend)
+        self.vae_dtype = "float32" if dtype == "float16" and self.family.upcast_vae else dtype
+        if self.vae_dtype != dtype:
+            self.vae = load_component(model_dir, "vae", self.vae_dtype)
+        self.text_encoders = [self.text_encoder] + [load_component(model_dir, e.subfolder, dtype)
+                                                    for e in self.family.text_encoders[1:]]
+        # SDXL: the pooled row's columns and the size conditioning (original size, crop, target size), as the
+        # PyTorch backend (made once: no Var from numpy inside a recorded static step)
+        self._pooled = self.family.layout.pooled_columns()
+        side = self.family.image_size
+        self._time_ids = (self.jt.array(np.array([[side, side, 0, 0, side, side]], dtype=np.float32))
+                          if self.family.time_ids else None)
         self.scaling_factor = float(self.vae.scaling_factor)
         self.latent_size, self.image_size = sample_sizes(self.unet_model.config, self.vae.config)
         self.recompute_attention = bool(recompute_attention)  # off: see layers.RecomputedAttention
@@ -62,9 +74,27 @@ class JittorBackend:
         self._tracing = False  # True while a step is being recorded: nothing may run, so no jt.sync
 
     # --- models -------------------------------------------------------------------------------
-    def encode_text(self, ids: list[int]):
+    def encode_text(self, ids: list):
+        """As the PyTorch backend's: (1, 77, D) for SD 1/2; for SDXL (one id list per encoder) the penultimate
+        hidden states side by side and a 78th row holding encoder 2's pooled projection in its columns."""
+        per_encoder = ids if ids and isinstance(ids[0], (list, tuple)) else [ids]
+        if len(per_encoder) != len(self.text_encoders):
+            raise SuppressEOTError(f"{len(per_encoder)} id lists for {len(self.text_encoders)} text encoders")
         with self.jt.no_grad():
-            return self.text_encoder(self.jt.array(np.array([ids], dtype=np.int64)))
+            if len(per_encoder) == 1 and self.family.text_encoders[0].hidden_layer == "last":
+                return self.text_encoder(self.jt.array(np.array(per_encoder, dtype=np.int64)))
+            hidden, pooled = [], None
+            for spec, module, one in zip(self.family.text_encoders, self.text_encoders, per_encoder):
+                out = module(np.array([one], dtype=np.int64), penultimate=True)
+                hidden.append(out[1] if spec.hidden_layer == "penultimate" else out[0])
+                if spec.pooled:
+                    pooled = out[2]
+            context = self.jt.concat([h.float32() for h in hidden], dim=-1)
+            if self._pooled is None:
+                return context
+            row = np.zeros((1, 1, context.shape[-1]), dtype=np.float32)
+            row[0, 0, self._pooled] = pooled.float32().numpy()[0]
+            return self.jt.concat([context, self.jt.array(row)], dim=1)
 
     def unet(self, latents, t: int, context, recorder=None):
         return self._unet_pass(latents, t, context, recorder)
@@ -81,19 +111,26 @@ class JittorBackend:
         self.unet_model.set_attention_recorder(recorder)
         try:
             t = t if isinstance(t, self.jt.Var) else int(t)  # a Var inside a static step (StaticStep)
-            return self.unet_model(latents, t, context, stop_past_side=stop_past_side, last_place=last_place)
+            extra = {}
+            if self._time_ids is not None:  # SDXL: the pooled row goes to the added conditioning
+                tokens = self.family.layout.tokens
+                extra = {"text_embeds": context[:, tokens, self._pooled],
+                         "time_ids": self._time_ids.broadcast((context.shape[0], 6))}
+                context = context[:, :tokens]
+            return self.unet_model(latents, t, context, stop_past_side=stop_past_side, last_place=last_place,
+                                   **extra)
         finally:
             self.unet_model.set_attention_recorder(None)
 
     def vae_encode(self, image: np.ndarray):
         x = image.astype(np.float32) / 127.5 - 1
-        x = self.jt.array(x.transpose(2, 0, 1)[None]).cast(self.dtype)
+        x = self.jt.array(x.transpose(2, 0, 1)[None]).cast(self.vae_dtype)
         with self.jt.no_grad():
-            return self.vae.encode(x) * self.scaling_factor
+            return (self.vae.encode(x) * self.scaling_factor).cast(self.dtype)
 
     def vae_decode(self, latents) -> np.ndarray:
         with self.jt.no_grad():
-            image = self.vae.decode((1 / self.scaling_factor) * latents.cast(self.dtype))
+            image = self.vae.decode((1 / self.scaling_factor) * latents.cast(self.vae_dtype))
             image = (image / 2 + 0.5).clamp(0, 1)
             return (image.float32().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
 

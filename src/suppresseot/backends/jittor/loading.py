@@ -53,8 +53,8 @@ _OLD_VAE_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "
 
 def _rename_text_encoder(state: dict) -> dict:
     """transformers >= 5 saves CLIPTextModel without the ``text_model.`` prefix; old files carry position_ids."""
-    return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()
-            if not k.endswith("position_ids")}
+    return {(k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
 
 
 def _rename_vae(state: dict) -> dict:
@@ -119,10 +119,12 @@ def _config(folder: Path) -> dict:
 
 
 def load_component(model_dir, name: str, dtype: str = "float32"):
-    """Build and load one of ``text_encoder``, ``unet``, ``vae`` from a diffusers folder (eval mode)."""
-    from .models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
+    """Build and load one of ``text_encoder``, ``text_encoder_2`` (SDXL), ``unet``, ``vae`` from a diffusers
+    folder (eval mode)."""
+    from .models import AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel
 
     kinds = {"text_encoder": (CLIPTextModel, "model", _rename_text_encoder),
+             "text_encoder_2": (CLIPTextModelWithProjection, "model", _rename_text_encoder),
              "unet": (UNet2DConditionModel, "diffusion_pytorch_model", None),
              "vae": (AutoencoderKL, "diffusion_pytorch_model", _rename_vae)}
     if dtype not in _MODEL_DTYPES:
@@ -142,5 +144,6 @@ def load_component(model_dir, name: str, dtype: str = "float32"):
 
 
 def load_sd_components(model_dir, dtype: str = "float32"):
-    """(text_encoder, unet, vae) of a diffusers Stable Diffusion 1.x or 2.x folder, as Jittor modules."""
+    """(text_encoder, unet, vae) of a diffusers Stable Diffusion folder, as Jittor modules (SDXL's second
+    encoder: ``load_component(model_dir, "text_encoder_2")``)."""
     return tuple(load_component(model_dir, name, dtype) for name in ("text_encoder", "unet", "vae"))

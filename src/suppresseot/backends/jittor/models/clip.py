@@ -82,11 +82,17 @@ class CLIPTextTransformer(nn.Module):
         self.encoder = CLIPEncoder(cfg, act)
         self.final_layer_norm = LayerNorm(cfg["hidden_size"], eps=cfg.get("layer_norm_eps", 1e-5))
 
-    def execute(self, input_ids):
+    def execute(self, input_ids, penultimate: bool = False):
+        """last_hidden_state (after ``final_layer_norm``); with ``penultimate`` also transformers'
+        ``hidden_states[-2]``, the input of the last layer (what SDXL conditions on)."""
         n = input_ids.shape[1]
         mask = jt.array(np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1))  # causal: no looking ahead
         x = self.embeddings(input_ids)
-        return self.final_layer_norm(self.encoder(x, mask.cast(x.dtype)))
+        mask = mask.cast(x.dtype)
+        for layer in self.encoder.layers[:-1]:
+            x = layer(x, mask)
+        last = self.final_layer_norm(self.encoder.layers[-1](x, mask))
+        return (last, x) if penultimate else last
 
 
 class CLIPTextModel(nn.Module):
@@ -100,7 +106,27 @@ class CLIPTextModel(nn.Module):
         self.config = dict(config)
         self.text_model = CLIPTextTransformer(config, _ACTIVATIONS[act])
 
-    def execute(self, input_ids):
+    def execute(self, input_ids, penultimate: bool = False):
         if not isinstance(input_ids, jt.Var):
             input_ids = jt.array(np.asarray(input_ids, dtype=np.int32))
-        return self.text_model(input_ids)
+        return self.text_model(input_ids, penultimate)
+
+
+class CLIPTextModelWithProjection(CLIPTextModel):
+    """SDXL's second encoder: also ``text_embeds``, the projected last hidden state at the end token.
+
+    ``(input_ids (B, L)) -> (last_hidden_state, hidden_states[-2], text_embeds (B, projection_dim))``."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.text_projection = nn.Linear(config["hidden_size"], config.get("projection_dim", config["hidden_size"]),
+                                         bias=False)
+
+    def execute(self, input_ids, penultimate: bool = True):
+        ids = np.asarray(input_ids, dtype=np.int64)
+        eos = self.config.get("eos_token_id", 2)
+        # transformers: the highest id (the end token, in old configs with eos_token_id 2), else its first place
+        ends = ids.argmax(-1) if eos == 2 else (ids == eos).argmax(-1)
+        last, hidden = super().execute(jt.array(ids.astype(np.int32)), penultimate=True)
+        pooled = jt.concat([last[b:b + 1, int(end)] for b, end in enumerate(ends)])
+        return last, hidden, self.text_projection(pooled)

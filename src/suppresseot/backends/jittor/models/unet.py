@@ -20,7 +20,7 @@ from .layers import Attention, Downsample2D, GroupNorm, LayerNorm, ResnetBlock2D
 # config key -> the values this implementation handles (anything else is a different architecture)
 _SUPPORTED = {
     "act_fn": ("silu",),
-    "addition_embed_type": (None,),
+    "addition_embed_type": (None, "text_time"),
     "attention_type": ("default",),
     "center_input_sample": (False,),
     "class_embed_type": (None,),
@@ -246,6 +246,12 @@ class UNet2DConditionModel(nn.Module):
 
         self.conv_in = nn.Conv2d(config.get("in_channels", 4), ch[0], k_in, padding=(k_in - 1) // 2)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
+        # SDXL ("text_time"): the pooled text embedding and the size conditioning's sinusoidal embedding,
+        # side by side, through one more embedding added to the timestep's
+        self.add_time_dim = config.get("addition_time_embed_dim") if config.get("addition_embed_type") else None
+        if self.add_time_dim:
+            self._add_time_frequencies = (jt.array(timestep_frequencies(self.add_time_dim, self.freq_shift)),)
+            self.add_embedding = TimestepEmbedding(config["projection_class_embeddings_input_dim"], temb)
 
         down = []
         for i, kind in enumerate(config["down_block_types"]):
@@ -286,7 +292,8 @@ class UNet2DConditionModel(nn.Module):
             t = jt.array(np.asarray(timestep, dtype=np.float32).reshape(-1))
         return t.broadcast((batch,)) if t.shape[0] == 1 and batch != 1 else t
 
-    def execute(self, sample, timestep, encoder_hidden_states, stop_past_side=None, last_place="up"):
+    def execute(self, sample, timestep, encoder_hidden_states, stop_past_side=None, last_place="up",
+                text_embeds=None, time_ids=None):
         """Noise prediction; with ``stop_past_side`` the pass ends (returning None) after the first up block
         whose output is larger than that side, or after block ``last_place`` ("down", "mid"): the attention
         maps up to there are all it is run for."""
@@ -294,6 +301,12 @@ class UNet2DConditionModel(nn.Module):
         t_emb = timestep_embedding(t, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift,
                                    freqs=self._time_frequencies[0])
         temb = self.time_embedding(t_emb.cast(sample.dtype))
+        if self.add_time_dim:  # SDXL: text_embeds (B, pooled width), time_ids (B, 6)
+            ids = time_ids.reshape((-1,))
+            time_embeds = timestep_embedding(ids, self.add_time_dim, self.flip_sin_to_cos, self.freq_shift,
+                                             freqs=self._add_time_frequencies[0]).reshape((time_ids.shape[0], -1))
+            added = jt.concat([text_embeds, time_embeds.cast(text_embeds.dtype)], dim=-1)
+            temb = temb + self.add_embedding(added.cast(temb.dtype))
         context = encoder_hidden_states
 
         x = self.conv_in(sample)
