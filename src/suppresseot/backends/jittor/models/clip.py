@@ -67,13 +67,10 @@ class CLIPTextEmbeddings(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
+    """The layers (named as the checkpoint's ``encoder.layers.N``); ``CLIPTextTransformer`` runs them."""
+
     def __init__(self, cfg, act):
         self.layers = nn.ModuleList([CLIPEncoderLayer(cfg, act) for _ in range(cfg["num_hidden_layers"])])
-
-    def execute(self, x, mask):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
 
 
 class CLIPTextTransformer(nn.Module):
