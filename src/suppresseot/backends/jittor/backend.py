@@ -1,4 +1,4 @@
-"""Jittor backend: native Jittor SD 1.x / 2.x modules on the diffusers folder's safetensors, jt.grad for ITO.
+"""Jittor backend: native Jittor SD 1.x / 2.x / SDXL modules on the diffusers folder's safetensors, jt.grad for ITO.
 
 No torch is needed. Where torch happens to be importable, the generated-image starting noise is drawn
 with the same seeded CPU torch generator as the official code, so one seed gives one image on both
@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SuppressEOTError
 from ..base import sample_sizes
 from .env import import_jittor, jittor_info
-from .loading import load_component, load_sd_components
+from .loading import load_component
 
 
 def initial_noise(seed: int, latent_size: int = 64) -> tuple[np.ndarray, str]:
@@ -39,7 +39,7 @@ class JittorBackend:
             raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
         from ...families import detect_family
 
-        self.family = detect_family(model_dir)  # SD 1 or 2 here (load_backend refuses SDXL)
+        self.family = detect_family(model_dir)
         self.model_dir = model_dir
         self.jt = import_jittor(device)
         self.device = "cuda" if self.jt.flags.use_cuda else "cpu"
@@ -51,13 +51,12 @@ class JittorBackend:
         self.dtype = dtype
         self.fast = fast
         self.noise_source = None
-        self.text_encoder, self.unet_model, self.vae = load_sd_components(model_dir, dtype)
+        self.text_encoders = [load_component(model_dir, e.subfolder, dtype) for e in self.family.text_encoders]
+        self.text_encoder = self.text_encoders[0]
+        self.unet_model = load_component(model_dir, "unet", dtype)
         # SDXL's VAE overflows in float16: float32 where its config says force_upcast (see the PyTorch backend)
         self.vae_dtype = "float32" if dtype == "float16" and self.family.upcast_vae else dtype
-        if self.vae_dtype != dtype:
-            self.vae = load_component(model_dir, "vae", self.vae_dtype)
-        self.text_encoders = [self.text_encoder] + [load_component(model_dir, e.subfolder, dtype)
-                                                    for e in self.family.text_encoders[1:]]
+        self.vae = load_component(model_dir, "vae", self.vae_dtype)
         # SDXL: the pooled row's columns and the size conditioning (original size, crop, target size), as the
         # PyTorch backend (made once: no Var from numpy inside a recorded static step)
         self._pooled = self.family.layout.pooled_columns()
@@ -85,7 +84,8 @@ class JittorBackend:
                 return self.text_encoder(self.jt.array(np.array(per_encoder, dtype=np.int64)))
             hidden, pooled = [], None
             for spec, module, one in zip(self.family.text_encoders, self.text_encoders, per_encoder):
-                out = module(np.array([one], dtype=np.int64), penultimate=True)
+                one_ids = np.array([one], dtype=np.int64)  # with projection: (last, penultimate, pooled)
+                out = module(one_ids) if spec.pooled else module(one_ids, penultimate=True)
                 hidden.append(out[1] if spec.hidden_layer == "penultimate" else out[0])
                 if spec.pooled:
                     pooled = out[2]

@@ -1,4 +1,5 @@
-"""The CLIP text encoder of Stable Diffusion 1.x and 2.x (transformers' ``CLIPTextModel``) in Jittor.
+"""The CLIP text encoders of Stable Diffusion 1.x, 2.x and SDXL (transformers' ``CLIPTextModel`` and
+``CLIPTextModelWithProjection``) in Jittor.
 
 Pre-LayerNorm transformer with a causal mask; returns ``last_hidden_state`` (after
 ``final_layer_norm``), which is what SD conditions on. Parameter names match the checkpoint
@@ -119,7 +120,7 @@ class CLIPTextModelWithProjection(CLIPTextModel):
         self.text_projection = nn.Linear(config["hidden_size"], config.get("projection_dim", config["hidden_size"]),
                                          bias=False)
 
-    def execute(self, input_ids, penultimate: bool = True):
+    def execute(self, input_ids):
         ids = np.asarray(input_ids, dtype=np.int64)
         eos = self.config.get("eos_token_id", 2)
         # transformers: the highest id (the end token, in old configs with eos_token_id 2), else its first place
