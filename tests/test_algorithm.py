@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from suppresseot.algorithm.attention import AttentionRecorder  # noqa: E402
+from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder  # noqa: E402
 from suppresseot.algorithm.ddim import DDIMSchedule  # noqa: E402
 from suppresseot.algorithm.losses import (Lambdas, attention_loss, bilinear_matrix, loss_weights,  # noqa: E402
                                           token_mask)
@@ -171,6 +171,24 @@ def test_running_sums_give_the_official_mean_over_layers_heads_tasks_and_branche
                                rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="not the recorded batch"):
         ito.aggregate(True, tasks=3)
+
+
+def test_a_recorder_that_skips_the_unconditional_half_keeps_what_the_conditional_pass_alone_gives():
+    """One-pass guidance: the pass holds [uncond x 2K, cond x 2K]; skipping the first 2K samples records
+    exactly what a recorder of the conditional pass alone records (2 tasks x 2 branches, 4 and 6 heads)."""
+    torch.manual_seed(1)
+    k, res, keys = 2, 4, 5
+    layers = [("down", 4), ("up", 6), ("mid", 4)]
+    cond = [(place, torch.rand(2 * k * heads, res * res, keys, dtype=torch.float64)) for place, heads in layers]
+    alone, skipping = AttentionRecorder(res, batch=2 * k), AttentionRecorder(res, batch=2 * k, skip=2 * k)
+    for place, p in cond:
+        alone(p, True, place)
+        skipping(torch.cat([torch.full_like(p, 7.0), p]), True, place)  # uncond rows first, never to be seen
+        assert skipping.heads(2 * p.shape[0]) == alone.heads(p.shape[0]) == p.shape[0] // (2 * k)
+    for select in (0, 1):
+        torch.testing.assert_close(skipping.aggregate(True, ALL_PLACES, select=select, tasks=k, branches=2),
+                                   alone.aggregate(True, ALL_PLACES, select=select, tasks=k, branches=2),
+                                   rtol=0, atol=0)
 
 
 # --- DDIM and Adam -----------------------------------------------------------------------------

@@ -82,6 +82,26 @@ def test_a_group_of_tasks_gives_the_one_by_one_results(models):
         assert relative(b.cross_attention, a.cross_attention) < 1e-4
 
 
+def test_one_pass_guidance_gives_the_two_pass_results(models):
+    """The Jittor backend samples with guidance's two halves in one batch-4 pass (host-bound: half the launches);
+    the official two passes give the same latents, ITO losses and recorded maps, for one task and a group."""
+    jittor, _ = models
+    backend = jittor.backend
+    assert backend.one_pass_guidance and backend.info()["one_pass_guidance"] is True
+    prompts, suppress, seeds = ["A dog in Van Gogh Style", PROMPT], [[4, 5, 6], "glasses"], [2, 7]
+    one = jittor.generate_many(prompts, suppress, seeds, **SHORT)
+    backend.one_pass_guidance = False
+    try:
+        two = jittor.generate_many(prompts, suppress, seeds, **SHORT)
+    finally:
+        backend.one_pass_guidance = True
+    for a, b in zip(one, two):
+        compare_logs(a.ito_log, b.ito_log, "total")
+        assert relative(a.final_latents, b.final_latents) < 1e-5
+        assert relative(a.cross_attention, b.cross_attention) < 1e-5
+        assert relative(a.self_attention, b.self_attention) < 1e-5
+
+
 def test_static_graphs_are_refused_off_cuda(small_model_dir):
     from suppresseot.api import load_backend
     from suppresseot.errors import SuppressEOTError

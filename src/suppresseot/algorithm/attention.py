@@ -21,11 +21,13 @@ class AttentionRecorder:
     keys) tensors instead of every layer's probabilities (SDXL's 32x32 level has 60 self-attention layers of
     20 heads: 4.7 GiB of bf16 probabilities at batch 2). Gradients flow through the totals. ``batch``: the
     samples in the pass (rows = batch * heads). ``places``: the UNet blocks whose maps it keeps (ITO's
-    ``ito_blocks``); a pass may end after the last of them (``last_place``).
+    ``ito_blocks``); a pass may end after the last of them (``last_place``). ``skip``: samples at the start of
+    the pass that are not recorded (guidance's unconditional half, where a backend runs both halves in one
+    pass: ``one_pass_guidance``).
     """
 
-    def __init__(self, resolution: int = RESOLUTION, batch: int = 1, places=ALL_PLACES):
-        self.resolution, self.batch, self.places = resolution, batch, tuple(places)
+    def __init__(self, resolution: int = RESOLUTION, batch: int = 1, places=ALL_PLACES, skip: int = 0):
+        self.resolution, self.batch, self.places, self.skip = resolution, batch, tuple(places), skip
         self.totals = {}  # (kind, place) -> [sum (batch, halves, res*res, keys), heads summed per sample]
 
     def wants(self, query_length: int, place: str) -> bool:
@@ -41,10 +43,16 @@ class AttentionRecorder:
         """(batch, 2, queries, keys): each sample's sum over the first and over the second half of its heads
         ((batch, 1, ...) over all heads where a layer's head count is odd). Backends that recompute
         attention in the backward pass call this inside the recomputed function, then ``add``."""
-        rows, queries, keys = probs.shape
-        heads = rows // self.batch
+        heads = self.heads(probs.shape[0])
+        if self.skip:
+            probs = probs[self.skip * heads:]
+        _, queries, keys = probs.shape
         halves = 2 if heads % 2 == 0 else 1
         return probs.reshape(self.batch, halves, heads // halves, queries, keys).sum(2)
+
+    def heads(self, rows: int) -> int:
+        """Attention heads of a layer whose probabilities have ``rows`` rows (all samples of the pass)."""
+        return rows // (self.skip + self.batch)
 
     def add(self, reduced, heads: int, is_cross: bool, place: str) -> None:
         key = ("cross" if is_cross else "self", place)
@@ -56,7 +64,7 @@ class AttentionRecorder:
 
     def __call__(self, probs, is_cross: bool, place: str) -> None:
         if self.wants(probs.shape[1], place):
-            self.add(self.reduce(probs), probs.shape[0] // self.batch, is_cross, place)
+            self.add(self.reduce(probs), self.heads(probs.shape[0]), is_cross, place)
 
     def aggregate(self, is_cross: bool, places=ALL_PLACES, select: int = 0, halves: bool = True,
                   tasks: int | None = None, branches: int = 1):

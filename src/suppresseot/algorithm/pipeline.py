@@ -296,12 +296,23 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     ito = InferenceTimeOptimization(backend, schedule, n_tokens, token_indices, settings, step_scale, resolution)
     prediction_type = schedule.prediction_type
 
+    one_pass = backend.one_pass_guidance
+
     def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
-        recorder = AttentionRecorder(resolution, batch=2 * tasks) if capture_maps else None
-        eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion,
-                              prediction_type)
-        eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,
-                            conversion, prediction_type)
+        # the official layout: the unconditional pass, then the conditional one, which alone is recorded; a
+        # host-bound backend runs both as one pass of twice the batch (half the launches, the same samples)
+        recorder = (AttentionRecorder(resolution, batch=2 * tasks, skip=2 * tasks if one_pass else 0)
+                    if capture_maps else None)
+        if one_pass:
+            both = backend.cat([latents, latents])
+            eps = as_noise(backend.unet(both, t, backend.cat([uncond, uncond, text, edited]), recorder=recorder),
+                           both, conversion, prediction_type)
+            eps_uncond, eps_cond = eps[0:2 * tasks], eps[2 * tasks:]
+        else:
+            eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion,
+                                  prediction_type)
+            eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,
+                                conversion, prediction_type)
         latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
         maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
                                                                tasks=tasks, branches=2)

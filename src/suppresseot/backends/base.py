@@ -38,6 +38,9 @@ class Backend(Protocol):
     dtype: str  # model dtype: "float32", "float16" or "bfloat16"
     latent_size: int  # side of the square latents (SD v1: 64), see ``sample_sizes``
     image_size: int  # side of the square images (SD v1: 512)
+    # sampling's guidance as one UNet pass over [uncond, cond] instead of the official two (same samples, half
+    # the launches: for backends whose time goes to the host per op, not to the GPU's arithmetic)
+    one_pass_guidance: bool
 
     # --- models -------------------------------------------------------------------------------
     def encode_text(self, ids: list[int]) -> Tensor:

@@ -80,7 +80,7 @@ class RecordingAttnProcessor:
                 # ITO: keep q, k, v, not the probabilities, for the backward pass (SDXL: 60 recorded layers)
                 hidden_states, reduced = checkpoint(_recorded_attention, attn, query, key, value, attention_mask,
                                                     recorder.reduce, use_reentrant=False, preserve_rng_state=False)
-                recorder.add(reduced, query.shape[0] // recorder.batch, is_cross, self.place)
+                recorder.add(reduced, recorder.heads(query.shape[0]), is_cross, self.place)
             elif wanted:
                 probs = attn.get_attention_scores(query, key, attention_mask)
                 recorder(probs, is_cross, self.place)
@@ -181,6 +181,7 @@ def pick_device(device: str) -> str:
 
 class TorchBackend:
     name = "torch"
+    one_pass_guidance = False  # the official two passes: CUDA graphs take the launches off the host anyway
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool | None = None,

@@ -32,7 +32,7 @@ class JittorBackend:
     name = "jittor"
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
-                 recompute_attention: bool = False, static_graphs: bool = False):
+                 recompute_attention: bool = False, static_graphs: bool = False, one_pass_guidance: bool = True):
         if device.startswith("cuda"):
             device = "cuda"
         if device not in ("auto", "cpu", "cuda"):
@@ -69,6 +69,9 @@ class JittorBackend:
         for module in self.unet_model.attention_modules():
             module.recompute = self.recompute_attention
         self.static_graphs = bool(static_graphs)
+        # jittor's time goes to the host per op (docs/jittor.md): one batch-4 pass costs little more than a
+        # batch-2 one, so sampling runs guidance's two halves together
+        self.one_pass_guidance = bool(one_pass_guidance)
         self.record_step = None  # how static steps are recorded: jittor.vcompiler.build (set on first use)
         self._tracing = False  # True while a step is being recorded: nothing may run, so no jt.sync
 
@@ -202,7 +205,8 @@ class JittorBackend:
 
     def info(self) -> dict:
         info = {"backend": "jittor", "device": self.device, "dtype": self.dtype, "jittor": jittor_info(),
-                "recompute_attention": self.recompute_attention, "static_graphs": self.static_graphs}
+                "recompute_attention": self.recompute_attention, "static_graphs": self.static_graphs,
+                "one_pass_guidance": self.one_pass_guidance}
         if self.noise_source:
             info["initial_noise"] = self.noise_source
         return info
