@@ -74,7 +74,8 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # profile (benchmarks/profile_jittor.py), bench, study, steps (e.g. STEPS=profile for
 # the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
-# --compile" profiles fast mode and adds the compiled UNet); STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
+# --compile" profiles fast mode and adds the compiled UNet; PROFILE_JITTOR_FLAGS=--static adds jittor's replayed
+# static graphs to the Jittor profile); CONVPROBE the convolution probes; STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
 # --jittor-memory; about as long again as the timed Jittor runs); JITTOR_STATIC=1 runs Jittor with --static-graphs
 # (jittor.vcompiler); BENCH_BACKENDS=torch leaves Jittor out.
@@ -84,17 +85,24 @@ if [[ $STEPS == *" convprobe "* ]]; then
 # cuDNN convolutions alone (benchmarks/probe_conv.py): torch with/without TF32, NCHW/NHWC, and jittor; time, error
 say "convolution probe (benchmarks/probe_conv.py)"
 mkdir -p "$RESULTS/convprobe"
-for v in "1 nchw" "0 nchw" "1 nhwc"; do set -- $v
-  PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$1" --layout "$2" \
-    --out "$RESULTS/convprobe/torch-tf32$1-$2.json" >> "$W/convprobe.log" 2>&1; say "  torch tf32=$1 $2: rc $?"
+# CONVPROBE picks the probes: torch's three settings, jittor, and cuDNN's legacy API with and without its set-up
+for v in ${CONVPROBE:-torch-1-nchw torch-0-nchw torch-1-nhwc jittor cudnn-setup cudnn-cached}; do
+  case $v in
+  torch-*) IFS=- read -r _ tf32 layout <<< "$v"
+    PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$tf32" \
+      --layout "$layout" --out "$RESULTS/convprobe/torch-tf32$tf32-$layout.json" >> "$W/convprobe.log" 2>&1 ;;
+  jittor) PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
+      --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1 ;;
+  *) PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework "$v" \
+      --out "$RESULTS/convprobe/$v.json" >> "$W/convprobe.log" 2>&1 ;;
+  esac
+  say "  $v: rc $?"
 done
-PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
-  --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1; say "  jittor: rc $?"
 fi
 if [[ $STEPS == *" profile "* ]]; then
 say "jittor profile (benchmarks/profile_jittor.py)"
 PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
-  > "$W/profile_jittor.log" 2>&1
+  ${PROFILE_JITTOR_FLAGS:-} > "$W/profile_jittor.log" 2>&1
 say "jittor profile: rc $? $(grep -h ' ms ' "$W/profile_jittor.log" | tr '\n' ' ')"
 fi
 

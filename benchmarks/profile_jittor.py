@@ -1,6 +1,7 @@
 """Where the Jittor backend's time goes: one UNet forward (batch 2, no grad) and one forward+backward to the
 text embedding (batch 1, as an ITO / null-text step), wall clock, then jittor's profiler on each with its
-most expensive ops. Usage (on the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
+most expensive ops. Forwards at batch 1, 2 and 4 split host from GPU time: where the time barely grows with
+the batch, the host's work per op is what the GPU waits for (the floor), and the growth is the GPU's share. Usage (on the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
 
     python benchmarks/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25] [--static]
 
@@ -66,6 +67,7 @@ def main() -> None:
     latent1 = backend.from_numpy(rng.standard_normal((1, 4, 64, 64)).astype(np.float32))
     latent2 = backend.from_numpy(rng.standard_normal((2, 4, 64, 64)).astype(np.float32))
     context2 = backend.cat([embedding, embedding])
+    latent4, context4 = backend.cat([latent2, latent2]), backend.cat([context2, context2])
     target = backend.from_numpy(rng.standard_normal((1, 4, 64, 64)).astype(np.float32))
     print(f"jittor {jt.__version__}, device {backend.device}, text hidden {hidden}", flush=True)
 
@@ -80,6 +82,12 @@ def main() -> None:
         _, _, grad = backend.value_and_grad(loss, embedding)
         grad.sync()
 
+    for batch, latent, context in ((1, latent1, embedding), (4, latent4, context4)):
+        def forward_at(latent=latent, context=context):
+            with jt.no_grad():
+                backend.unet(latent, 501, context).sync()
+        print(f"forward batch {batch}: {wall_ms(jt, forward_at, args.repeats):.1f} ms (median of {args.repeats})",
+              flush=True)
     for name, fn in (("forward batch 2", forward), ("forward+backward batch 1", forward_backward)):
         ms = wall_ms(jt, fn, args.repeats)
         print(f"{name}: {ms:.1f} ms (median of {args.repeats})", flush=True)
@@ -88,10 +96,10 @@ def main() -> None:
             jt.sync_all(True)
         print("\n".join(top_ops(report, args.top)), flush=True)
     if args.static:
-        static(backend, latent1, latent2, context2, embedding, target, args.repeats)
+        static(backend, latent1, latent2, context2, embedding, target, args.repeats, latent4, context4)
 
 
-def static(backend, latent1, latent2, context2, embedding, target, repeats: int) -> None:
+def static(backend, latent1, latent2, context2, embedding, target, repeats: int, latent4, context4) -> None:
     """The same two passes as pure functions of Vars, replayed by jittor.vcompiler.build."""
     jt = backend.jt
     started = time.perf_counter()
@@ -111,7 +119,7 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int)
         return loss, jt.grad(loss, x)
 
     t = jt.array(np.array([501.0], dtype=np.float32))
-    cases = (("forward batch 2", forward, (latent2, t, context2)),
+    cases = (("forward batch 2", forward, (latent2, t, context2)), ("forward batch 4", forward, (latent4, t, context4)),
              ("forward+backward batch 1", forward_backward, (latent1, t, embedding, target)))
     for name, fn, inputs in cases:
         out = fn(*inputs)
@@ -123,7 +131,7 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int)
             replayed = [v.numpy() for v in (out if isinstance(out, (tuple, list)) else (out,))]
             first = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 - a probe: report and go on
-            print(f"static {name}: failed: {type(exc).__name__}: {(str(exc).splitlines() or [""])[0][:300]}", flush=True)
+            print(f"static {name}: failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}", flush=True)
             continue
         errors = [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(replayed, eager)]
         other = jt.array(np.array([301.0], dtype=np.float32))  # another step: the same graph must serve it
