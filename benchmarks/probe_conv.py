@@ -238,6 +238,11 @@ def main() -> None:
                 row[f"bwd_x_ms_b{batch}"] = round(timed_ms(fw, lambda: fw.grad_x(x, w, g), args.repeats), 3)
             if batch == 1:
                 row["rel_err_fwd"] = float(f"{rel(fw.get(fw.conv(x, w))[0], reference(x_np[0], w_np)):.2e}")
+                grad = fw.grad_x(x, w, g)
+                if grad is not None:  # the input's gradient: the transposed convolution of g (stride 1, 'same')
+                    flipped = np.ascontiguousarray(w_np.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+                    g_np = fw.get(g)[0]
+                    row["rel_err_bwd_x"] = float(f"{rel(fw.get(grad)[0], reference(g_np, flipped)):.2e}")
         print(json.dumps(row), flush=True)
         rows.append(row)
     row = {"setting": fw.setting, "shape": "elementwise x*c @64 (320 channels)"}
