@@ -92,14 +92,7 @@ for v in ${CONVPROBE:-torch-1-nchw torch-0-nchw torch-1-nhwc jittor cudnn-setup 
     PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$tf32" \
       --layout "$layout" --out "$RESULTS/convprobe/torch-tf32$tf32-$layout.json" >> "$W/convprobe.log" 2>&1 ;;
   jittor) PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
-      --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1
-    rc=$?; kept=$(ls "$W_JT"/jittor/extern/cuda/cudnn/ops/cudnn_conv*_op.cc.suppresseot-orig 2>/dev/null)
-    if [ $rc != 0 ] && [ -n "$kept" ]; then  # the doctor's cudnn-conv-cache edits failed here: the stock ops back
-      for f in $kept; do cp "$f" "${f%.suppresseot-orig}"; done
-      say "  jittor: rc $rc with cudnn-conv-cache; its three files put back, probing again"
-      PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
-        --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1
-    else (exit $rc); fi ;;
+      --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1 ;;
   *) PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework "$v" \
       --out "$RESULTS/convprobe/$v.json" >> "$W/convprobe.log" 2>&1 ;;
   esac

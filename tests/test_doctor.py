@@ -78,18 +78,10 @@ def test_fix_changes_the_expected_text_and_keeps_backups(jt_copy):
     # the patched Python files still parse (the f-string braces of the softmax kernel included)
     for name in ("compiler.py", "compile_extern.py", "other/code_softmax.py", "depthwise_conv.py"):
         compile((jt_copy / name).read_text(), name, "exec")
-    # the 2-d cuDNN convolution ops keep their set-up per shape: each file looks it up once and stores it instead
-    # of destroying it (a C++ check of the inserted code against the real headers needs CUDA: the GPU bench)
-    conv_ops = [f"extern/cuda/cudnn/ops/cudnn_conv{kind}_op.cc" for kind in ("", "_backward_x", "_backward_w")]
-    for name in conv_ops:
-        text = (jt_copy / name).read_text()
-        assert text.count("sdeot_setups.find(sdeot_key)") == 1 and text.count("sdeot_setups[sdeot_key] =") == 1
-        assert "cudnnDestroyConvolutionDescriptor" not in text and text.count("cudnnCreateConvolutionDescriptor") == 1
-    assert "sdeot" not in (jt_copy / "extern/cuda/cudnn/ops/cudnn_conv3d_op.cc").read_text()
     backups = {str(p.relative_to(jt_copy)) for p in doctor.patched_files(jt_copy)}
     assert backups == {f + doctor.BACKUP_SUFFIX for f in (
         "extern/cuda/inc/helper_cuda.h", "compiler.py", "compile_extern.py", "other/code_softmax.py",
-        "depthwise_conv.py", "extern/cuda/cub/ops/cub_where_op.cc", *conv_ops)}
+        "depthwise_conv.py", "extern/cuda/cub/ops/cub_where_op.cc")}
 
 
 def test_fix_twice_is_a_no_op_and_revert_restores_bytes(jt_copy):
@@ -100,7 +92,7 @@ def test_fix_twice_is_a_no_op_and_revert_restores_bytes(jt_copy):
     assert [r.state for r in again] == ["already applied"] * len(doctor.PATCHES)
     assert _snapshot(jt_copy) == after_first
     reverted = doctor.revert_patches(jt_copy)
-    assert len(reverted) == 9
+    assert len(reverted) == 6
     assert _snapshot(jt_copy) == before
     assert doctor.revert_patches(jt_copy) == []
 
@@ -152,19 +144,16 @@ def test_speed_features_say_what_the_gpu_path_would_use(monkeypatch):
     cudnn9 = {"version": "9.19.0", "libs": ["libcudnn.so.9"], "include": "/usr/include", "cudnn8_layout": False}
     cudnn8 = {"version": "8.9.7", "libs": ["libcudnn.so.8"], "include": "/usr/include", "cudnn8_layout": True}
 
-    def features(gpu=True, version="13.0", cudnn=(cudnn9,), patch="already applied", kept="already applied"):
+    def features(gpu=True, version="13.0", cudnn=(cudnn9,), patch="already applied"):
         info = {"gpu": gpu, "nvcc": "/usr/local/cuda/bin/nvcc" if version else None, "nvcc_version": version,
-                "cudnn": list(cudnn), "patches": {"cudnn9": (patch, ""), "cudnn-conv-cache": (kept, "")}}
+                "cudnn": list(cudnn), "patches": {"cudnn9": (patch, "")}}
         return dict(doctor.speed_features(info))
 
     assert list(features(gpu=False)) == ["device"] and "CPU" in features(gpu=False)["device"]
     on = features()
     assert on["device"] == "CUDA 13.0" and on["convolutions"].startswith("cuDNN 9.19.0")
     assert "layers.permute" in on["transposes"] and "--static-graphs" in on["static graphs"]
-    assert "one_pass_guidance" in on["guidance"]
     assert "--fix-jittor" in features(patch="not applied")["convolutions"]
-    assert "set-up kept per shape" in on["convolutions"]
-    assert "anew at every call" in features(kept="not applied")["convolutions"]
     assert features(version="12.4", cudnn=(cudnn8,), patch="not applied")["convolutions"].startswith("cuDNN 8.9.7")
     assert "no cuDNN" in features(cudnn=())["convolutions"]
     monkeypatch.setenv("conv_opt", "1")

@@ -213,66 +213,7 @@ CUDNN9 = Patch(
           _CUDNN9_FN),),
 )
 
-# --- (e) cuDNN convolutions: set up once per shape, not at every call ------------------------------------------------
-_CONV_OPS = "extern/cuda/cudnn/ops/"
-_CREATE = ("    checkCudaErrors(cudnnCreateTensorDescriptor( &cudnnIdesc ));\n"
-           "    checkCudaErrors(cudnnCreateFilterDescriptor( &cudnnFdesc ));\n"
-           "    checkCudaErrors(cudnnCreateTensorDescriptor( &cudnnOdesc ));\n"
-           "    checkCudaErrors(cudnnCreateConvolutionDescriptor( &cudnnConvDesc ));\n")
-_DESTROY = ("    checkCudaErrors(cudnnDestroyTensorDescriptor( cudnnIdesc ));\n"
-            "    checkCudaErrors(cudnnDestroyFilterDescriptor( cudnnFdesc ));\n"
-            "    checkCudaErrors(cudnnDestroyTensorDescriptor( cudnnOdesc ));\n"
-            "    checkCudaErrors(cudnnDestroyConvolutionDescriptor( cudnnConvDesc ));\n")
-_KEPT_SETUP = """\
-    // suppresseot doctor (cudnn-conv-cache): the descriptors, algorithm and workspace size are kept per shape. Made
-    // anew at every call, they cost ~0.1-0.2 ms of host time a convolution with cuDNN 9 (docs/jittor.md).
-    struct SdeotSetup { cudnnTensorDescriptor_t i, o; cudnnFilterDescriptor_t f; cudnnConvolutionDescriptor_t c;
-                        ALGO algo; size_t ws; };
-    static unordered_map<string, SdeotSetup> sdeot_setups;
-    int64 sdeot_dims[] = {x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0], w->shape[1],
-        w->shape[2], w->shape[3], y->shape[0], y->shape[1], y->shape[2], y->shape[3], strideh, stridew,
-        paddingh, paddingw, dilationh, dilationw, groups, use_tensorcore};
-    string sdeot_key((const char*)sdeot_dims, sizeof(sdeot_dims));
-    auto sdeot_hit = sdeot_setups.find(sdeot_key);
-    if (sdeot_hit != sdeot_setups.end()) {
-        auto& s = sdeot_hit->second;
-        void* workSpace = 0;
-        size_t allocation;
-        if (s.ws > 0) workSpace = exe.temp_allocator->alloc(s.ws, allocation);
-        float alpha = 1, beta = 0;
-        checkCudaErrors(CALL);
-        if (workSpace) exe.temp_allocator->free(workSpace, s.ws, allocation);
-        return;
-    }
-"""
-_KEEP = ("    sdeot_setups[sdeot_key] = SdeotSetup{cudnnIdesc, cudnnOdesc, cudnnFdesc, cudnnConvDesc, algo, "
-         "workSpaceSize};\n")
-
-
-def _kept_setup_edits(op: str, algo: str, call: str) -> tuple[Edit, Edit]:
-    fast_path = _KEPT_SETUP.replace("ALGO", algo).replace("CALL", call)
-    return (Edit(_CONV_OPS + op, _CREATE, fast_path + _CREATE), Edit(_CONV_OPS + op, _DESTROY, _KEEP))
-
-
-CUDNN_CONV_CACHE = Patch(
-    "cudnn-conv-cache",
-    "jittor's 2-d cuDNN convolution ops (forward, backward to the input and to the weights) create, set and "
-    "destroy their descriptors and query the workspace at every call; keep them, the algorithm and the workspace "
-    "size per shape instead (same algorithm, same results; host time per call ~0.2-0.4 -> ~0.1 ms on an H200)",
-    (
-        *_kept_setup_edits("cudnn_conv_op.cc", "cudnnConvolutionFwdAlgo_t",
-                           "cudnnConvolutionForward(handle_, (void*)(&alpha), s.i, x->ptr<Tx>(), s.f, w->ptr<Tw>(), "
-                           "s.c, s.algo, workSpace, s.ws, (void*)(&beta), s.o, y->ptr<Ty>())"),
-        *_kept_setup_edits("cudnn_conv_backward_x_op.cc", "cudnnConvolutionBwdDataAlgo_t",
-                           "cudnnConvolutionBackwardData(handle_, (void*)(&alpha), s.f, w->ptr<Tw>(), s.o, "
-                           "y->ptr<Ty>(), s.c, s.algo, workSpace, s.ws, (void*)(&beta), s.i, x->ptr<Tx>())"),
-        *_kept_setup_edits("cudnn_conv_backward_w_op.cc", "cudnnConvolutionBwdFilterAlgo_t",
-                           "cudnnConvolutionBackwardFilter(handle_, (void*)(&alpha), s.i, x->ptr<Tx>(), s.o, "
-                           "y->ptr<Ty>(), s.c, s.algo, workSpace, s.ws, (void*)(&beta), s.f, w->ptr<Tw>())"),
-    ),
-)
-
-PATCHES: tuple[Patch, ...] = (HELPER_CUDA, CXX17, CUB_MAX, CUB_LANE, CUB_WHERE, CUDNN9, CUDNN_CONV_CACHE)
+PATCHES: tuple[Patch, ...] = (HELPER_CUDA, CXX17, CUB_MAX, CUB_LANE, CUB_WHERE, CUDNN9)
 
 
 # --- finding jittor ---------------------------------------------------------------------------------------------------
@@ -493,10 +434,7 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
     elif cudnn9 and not patched and (major >= 13 or not [c for c in cudnn if c not in cudnn9]):
         conv = "off until `suppress-eot doctor --fix-jittor` (stock jittor 1.3.11 finds cuDNN 8 files only)"
     else:
-        kept = info["patches"].get("cudnn-conv-cache", ("", ""))[0] == "already applied"
-        conv = (f"cuDNN {(cudnn9 or cudnn)[0]['version']}, algorithm cache widened to 10000 shapes on import; "
-                + ("set-up kept per shape (cudnn-conv-cache)" if kept else
-                   "set up anew at every call until `suppress-eot doctor --fix-jittor` (cudnn-conv-cache)"))
+        conv = f"cuDNN {(cudnn9 or cudnn)[0]['version']}, algorithm cache widened to 10000 shapes on import"
     cutt = os.environ.get("use_cutt", DOWNLOAD_FLAGS["use_cutt"]) != "0"
     return [("device", f"CUDA {info['nvcc_version'] or '?'}"),
             ("convolutions", conv),
@@ -504,8 +442,6 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
              "fused into GPU kernels by layers.permute (cuTT off: it would be downloaded at build time)"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
             ("static graphs", "off unless --static-graphs (jittor.vcompiler records each step once; docs/jittor.md)"),
-            ("guidance", "one UNet pass per sampling step for both halves (one_pass_guidance; torch runs the "
-                         "official two)"),
             ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 
