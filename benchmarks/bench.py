@@ -14,8 +14,9 @@ loads the same weights with no download, then runs each implementation on each m
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
 - ``compiled``: ``fast`` with ``compile_unet=True`` (``--compile``: the UNet calls that record no maps run
   through torch.compile; compilation happens in the untimed warm-up and is reported under ``setup_s``);
-- ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``; ``--jittor-static-graphs``
-  records its steps with jittor.vcompiler); skipped with its reason when jittor cannot run here;
+- ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``; on CUDA its steps are recorded
+  with jittor.vcompiler, the backend's default: ``--no-jittor-static-graphs`` runs them eagerly); skipped with its
+  reason when jittor cannot run here;
 - ``diffusers``: diffusers' own plain pipeline (``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline`` as
   the folder says) generating one image, bf16, SDPA, the folder's DDIM scheduler: the baseline the other
   families are held to (generated modes only; ``x diffusers`` = ours s / its fastest generation s, same run).
@@ -242,14 +243,14 @@ class Ours:
 
     def __init__(self, name: str, model_dir: Path, backend: str, device: str, dtype: str, fast: bool,
                  settings: Settings, cuda_graphs: bool | None = None, explicit: bool = False,
-                 compile_unet: bool = False, static_graphs: bool = False):
+                 compile_unet: bool = False, static_graphs: bool | None = None):
         self.name, self.settings = name, settings
         self.measures_torch_memory = backend == "torch"  # jittor has its own allocator
         self.model = SuppressEOT.from_pretrained(model_dir, backend=backend, device=device, dtype=dtype, fast=fast,
                                                  cuda_graphs=cuda_graphs, progress=False,
                                                  fused_attention=False if explicit else None,
                                                  compile_unet=compile_unet or None,
-                                                 static_graphs=static_graphs or None)
+                                                 static_graphs=static_graphs)
         if explicit:
             self.model.backend.use_channels_last(False)
 
@@ -308,7 +309,7 @@ def load(impl: str, args, settings: Settings):
     fast = impl in ("fast", "compiled")
     return Ours(impl, args.model_dir, backend, args.device, args.fast_dtype if fast else "float32", fast, settings,
                 cuda_graphs=False if impl == "eager" else None, explicit=impl == "explicit",
-                compile_unet=impl == "compiled", static_graphs=impl == "jittor" and args.jittor_static_graphs)
+                compile_unet=impl == "compiled", static_graphs=args.jittor_static_graphs if impl == "jittor" else None)
 
 
 def measure(runner, mode: str, settings: Settings, device: str) -> tuple[dict, np.ndarray]:
@@ -504,8 +505,8 @@ def parse_args(argv=None):
                    help="run the jittor implementation in a child process started with this command, e.g. "
                         "'env PYTHONPATH=/opt/numpy1 python' where jittor needs numpy<2 and torch's side numpy 2 "
                         "(its results join this run's report)")
-    p.add_argument("--jittor-static-graphs", action="store_true",
-                   help="the jittor implementation records its steps with jittor.vcompiler (--static-graphs)")
+    p.add_argument("--jittor-static-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="the jittor implementation's --static-graphs (default: the backend's, on with CUDA)")
     p.add_argument("--jittor-memory", action="store_true",
                    help="after the timed jittor runs, measure jittor's peak memory per mode in one more, untimed "
                         "process per mode (jittor's memory profiler slows a run and cannot be reset)")
@@ -537,7 +538,8 @@ def jittor_command(args, modes: list[str], out: Path, *extra: str) -> list[str]:
             "--size", args.size, "--model-dir", str(args.model_dir), "--modes", ",".join(modes),
             "--steps", str(args.steps), "--null-text-steps", str(args.null_text_steps), "--device", args.device,
             "--ito-blocks", args.ito_blocks, "--out", str(out),
-            *(["--jittor-static-graphs"] if args.jittor_static_graphs else []), *extra]
+            *({True: ["--jittor-static-graphs"], False: ["--no-jittor-static-graphs"]}.get(args.jittor_static_graphs, [])),
+            *extra]
 
 
 def run_child(args, out: Path, latents: dict) -> tuple[dict, dict, dict]:

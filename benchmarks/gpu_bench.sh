@@ -77,8 +77,8 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # --compile" profiles fast mode and adds the compiled UNet; PROFILE_JITTOR_FLAGS=--static adds jittor's replayed
 # static graphs to the Jittor profile); CONVPROBE the convolution probes; STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
-# --jittor-memory; about as long again as the timed Jittor runs); JITTOR_STATIC=1 runs Jittor with --static-graphs
-# (jittor.vcompiler); BENCH_BACKENDS=torch leaves Jittor out.
+# --jittor-memory; about as long again as the timed Jittor runs); JITTOR_STATIC=0 runs Jittor without its default
+# --static-graphs (jittor.vcompiler); BENCH_BACKENDS=torch leaves Jittor out.
 STEPS=" ${STEPS:-study bench profile} "
 
 if [[ $STEPS == *" convprobe "* ]]; then
@@ -110,7 +110,7 @@ if [[ $STEPS == *" bench "* ]]; then
 [[ ${BENCH_IMPLS:-official} == *official* ]] || say "no official implementation: throughput.py will have nothing to compare with"
 say "bench: ${BENCH_IMPLS:-official,faithful,fast} (${BENCH_BACKENDS:-torch,jittor}); ${MODES:-gen0,gen10,real_npi,real_nt}"
 JITTOR_FLAGS=""; [ "${JITTOR_MEMORY:-0}" = 1 ] && JITTOR_FLAGS=--jittor-memory
-[ "${JITTOR_STATIC:-0}" = 1 ] && JITTOR_FLAGS="$JITTOR_FLAGS --jittor-static-graphs"
+[ "${JITTOR_STATIC:-1}" = 0 ] && JITTOR_FLAGS="$JITTOR_FLAGS --no-jittor-static-graphs"
 PYTHONPATH=$TORCH_PATH python3 benchmarks/bench.py --size sd-v1 --model-dir "$MODEL" --reference .reference \
   --only-impl "${BENCH_IMPLS:-official,faithful,fast}" --backends "${BENCH_BACKENDS:-torch,jittor}" $JITTOR_FLAGS \
   --jittor-python "env PYTHONPATH=$JITTOR_PATH python3" \

@@ -102,12 +102,18 @@ def test_one_pass_guidance_gives_the_two_pass_results(models):
         assert relative(a.self_attention, b.self_attention) < 1e-5
 
 
-def test_static_graphs_are_refused_off_cuda(small_model_dir):
+def test_static_graphs_are_the_cuda_default_and_refused_off_cuda(models, small_model_dir):
     from suppresseot.api import load_backend
+    from suppresseot.cli import build_parser
     from suppresseot.errors import SuppressEOTError
 
+    assert models[0].backend.static_graphs is False  # the default (None) on the CPU: off
     with pytest.raises(SuppressEOTError, match="need jittor on a CUDA GPU"):
         load_backend("jittor", small_model_dir, "cpu", static_graphs=True)
+    parse = build_parser().parse_args
+    base = ["generate", "a cat", "--suppress-words", "cat"]
+    assert [parse(base + extra).static_graphs for extra in ([], ["--static-graphs"], ["--no-static-graphs"])] \
+        == [None, True, False]
 
 
 def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):

@@ -131,7 +131,7 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
       kernels; minutes of compilation per batch shape on first use; default off).
 
     The Jittor backend's: ``static_graphs``: record each repeated step once with ``jittor.vcompiler`` and
-    replay it (CUDA only; default off).
+    replay it (CUDA only; default on with CUDA).
     """
     unknown = sorted(set(torch_options) - set(TORCH_OPTIONS) - set(JITTOR_OPTIONS))
     if unknown:
@@ -153,7 +153,7 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
         from .backends.jittor.backend import JittorBackend
 
         return JittorBackend(model_dir, device=device, dtype=dtype or "float32", fast=fast,
-                             static_graphs=bool(static_graphs))
+                             static_graphs=static_graphs)
     raise SuppressEOTError(f"unknown backend {name!r}: choose {' or '.join(BACKENDS)}")
 
 
@@ -195,7 +195,7 @@ class SuppressEOT:
         explicitly, the official arithmetic). ``compile_unet`` (PyTorch): ``torch.compile`` the UNet calls that
         record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels).
         ``static_graphs`` (Jittor on CUDA): record each repeated step once with ``jittor.vcompiler`` and replay it
-        (default off)."""
+        (default None = on with CUDA; False for eager steps)."""
         if backend not in BACKENDS:
             raise SuppressEOTError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
         loras = [LoRA.of(item) for item in lora or ()]

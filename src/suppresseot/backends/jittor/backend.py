@@ -32,7 +32,8 @@ class JittorBackend:
     name = "jittor"
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
-                 recompute_attention: bool = False, static_graphs: bool = False, one_pass_guidance: bool = True):
+                 recompute_attention: bool = False, static_graphs: bool | None = None,
+                 one_pass_guidance: bool = True):
         if device.startswith("cuda"):
             device = "cuda"
         if device not in ("auto", "cpu", "cuda"):
@@ -44,7 +45,10 @@ class JittorBackend:
         self.jt = import_jittor(device)
         self.device = "cuda" if self.jt.flags.use_cuda else "cpu"
         # jittor.vcompiler: each repeated step recorded once as a fused graph and replayed (see StaticStep). Its
-        # module builds only against CUDA's headers, so CUDA only; opt-in until measured on whole runs.
+        # module builds only against CUDA's headers, so CUDA only, where it is the default (None): measured on
+        # whole runs on an H200 (docs/benchmarks.md, 2026-12-03)
+        if static_graphs is None:
+            static_graphs = self.device == "cuda"
         if static_graphs and self.device != "cuda":
             raise SuppressEOTError("static graphs (jittor.vcompiler) need jittor on a CUDA GPU: drop "
                                    "--static-graphs or run on --device cuda")

@@ -441,7 +441,8 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
             ("transposes", "cuTT (use_cutt=1)" if cutt else
              "fused into GPU kernels by layers.permute (cuTT off: it would be downloaded at build time)"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
-            ("static graphs", "off unless --static-graphs (jittor.vcompiler records each step once; docs/jittor.md)"),
+            ("static graphs", "on (jittor.vcompiler records each step once and replays it; --no-static-graphs: "
+                              "eager; docs/jittor.md)"),
             ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 
