@@ -116,6 +116,29 @@ def test_static_graphs_are_the_cuda_default_and_refused_off_cuda(models, small_m
         == [None, True, False]
 
 
+def test_static_graphs_by_default_fall_back_to_eager_where_vcompiler_does_not_build(models):
+    """vcompiler's C++ module needs CUDA's headers: here (no CUDA) it fails to build. Static graphs by default
+    (CUDA's default) then warn and run eager steps; asked for explicitly, they fail in one line."""
+    from suppresseot.errors import SuppressEOTError
+
+    backend = models[0].backend
+
+    def step(x):
+        return x
+
+    try:
+        backend.static_graphs, backend._static_by_default, backend.record_step = True, True, None
+        with pytest.warns(UserWarning, match="vcompiler does not build here.*eager steps"):
+            assert backend.compile_step(step) is step
+        assert backend.static_graphs is False
+        backend.static_graphs, backend._static_by_default = True, False
+        with pytest.raises(SuppressEOTError, match="--static-graphs: jittor.vcompiler does not build here") as err:
+            backend.compile_step(step)
+        assert "\n" not in str(err.value)
+    finally:
+        backend.static_graphs, backend._static_by_default, backend.record_step = False, True, None
+
+
 def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):
     """--static-graphs records each step with jittor.vcompiler.build, whose C++ part builds only against CUDA's
     headers, so here a recorder checks its contract instead: every step is called with Vars and no Python

@@ -47,6 +47,7 @@ class JittorBackend:
         # jittor.vcompiler: each repeated step recorded once as a fused graph and replayed (see StaticStep). Its
         # module builds only against CUDA's headers, so CUDA only, where it is the default (None): measured on
         # whole runs on an H200 (docs/benchmarks.md, 2026-12-03)
+        self._static_by_default = static_graphs is None
         if static_graphs is None:
             static_graphs = self.device == "cuda"
         if static_graphs and self.device != "cuda":
@@ -185,8 +186,18 @@ class JittorBackend:
         if not self.static_graphs:
             return fn
         if self.record_step is None:
-            from jittor import vcompiler
+            try:
+                from jittor import vcompiler  # its C++ module is compiled on first import
+            except Exception as exc:  # noqa: BLE001 - any build failure: eager steps where nobody asked for static
+                why = f"jittor.vcompiler does not build here ({type(exc).__name__} while compiling its C++ module)"
+                if not self._static_by_default:
+                    raise SuppressEOTError(f"--static-graphs: {why}; drop it (--no-static-graphs) or see "
+                                           "docs/jittor.md") from exc
+                import warnings
 
+                warnings.warn(f"{why}: running eager steps (--no-static-graphs silences this)", stacklevel=2)
+                self.static_graphs = False
+                return fn
             self.record_step = vcompiler.build
         return StaticStep(self, fn, self.record_step)
 
