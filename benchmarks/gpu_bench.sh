@@ -71,7 +71,8 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
 # that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
 # STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probe_conv.py),
-# profile (benchmarks/profile_jittor.py), bench, study, steps (e.g. STEPS=profile for
+# profile (benchmarks/profile_jittor.py), bench, study, report (a few study cases on both backends for the
+# study report's table), steps (e.g. STEPS=profile for
 # the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
 # --compile" profiles fast mode and adds the compiled UNet; PROFILE_JITTOR_FLAGS=--static adds jittor's replayed
@@ -101,7 +102,7 @@ done
 fi
 if [[ $STEPS == *" profile "* ]]; then
 say "jittor profile (benchmarks/profile_jittor.py)"
-PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" \
+PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" --out "$RESULTS" \
   ${PROFILE_JITTOR_FLAGS:-} > "$W/profile_jittor.log" 2>&1
 say "jittor profile: rc $? $(grep -h ' ms ' "$W/profile_jittor.log" | tr '\n' ' ')"
 fi
@@ -124,6 +125,22 @@ PYTHONPATH=$TORCH_PATH timeout "${STUDY_TIMEOUT:-480}" python3 -m suppresseot.cl
   --model "$MODEL" --fast --group-size "${GROUP:-16}" ${STUDY_FLAGS:-} --out "$W/study-fast" --no-progress \
   > "$W/study.log" 2>&1
 say "study batch: rc $? ($(tail -1 "$W/study.log"))"
+fi
+if [[ $STEPS == *" report "* ]]; then
+# The study report's torch-vs-Jittor table on a few cases (REPORT_TASKS, one per set by default), each backend
+# as a user runs it (faithful torch, Jittor with its defaults); WORKDIR/report-runs/{torch,jittor} are batch
+# folders for `suppress-eot report` (which needs matplotlib: run it where the runs are copied to)
+say "study report runs: ${REPORT_TASKS:=unsplash-01-a-brown-leather-chair-at-a coco-car-gen-157756 vangogh-02 tyler-00}"
+[ -f "$W/manifests/study.json" ] || PYTHONPATH=$TORCH_PATH python3 -m suppresseot.cli prepare --all \
+  --out "$W/manifests" >> "$LOG" 2>&1
+PYTHONPATH=$TORCH_PATH timeout "${REPORT_TIMEOUT:-400}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
+  --model "$MODEL" --backend torch --only $REPORT_TASKS --out "$W/report-runs/torch" --no-progress \
+  > "$W/report-torch.log" 2>&1
+say "  torch: rc $? ($(tail -1 "$W/report-torch.log"))"
+PYTHONPATH=$JITTOR_PATH timeout "${REPORT_TIMEOUT:-400}" python3 -m suppresseot.cli batch "$W/manifests/study.json" \
+  --model "$MODEL" --backend jittor --only $REPORT_TASKS --out "$W/report-runs/jittor" --no-progress \
+  > "$W/report-jittor.log" 2>&1
+say "  jittor: rc $? ($(tail -1 "$W/report-jittor.log"))"
 fi
 if [ -f "$W/study-fast/summary.csv" ] && [ -f "$RESULTS/bench.json" ]; then
 PYTHONPATH=$TORCH_PATH python3 benchmarks/throughput.py --bench "$RESULTS/bench.json" --batch "$W/study-fast" \

@@ -366,3 +366,29 @@ def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no
 
 def nn_bmm(a, b):
     return jt.nn.bmm(a, b)
+
+
+def test_profile_op_kinds_sum_jittors_profiler_rows():
+    """benchmarks/profile_jittor.py's table by op kind: every profiled op counted once, under a kind that says
+    what it is (jittor's CUDA ops by name, fused ops by their parts)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_jittor.py"
+    spec = importlib.util.spec_from_file_location("suppresseot_profile_jittor", path)
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    assert profile.op_kind("cudnn_conv_backward_x\u00abTx:float32\u00abJIT:1") == "cuDNN convolution backward x"
+    assert profile.op_kind("cublas_batched_matmul\u00abT:float32\u00abTrans_a:N") == "cuBLAS matmul"
+    assert profile.op_kind("\u00abopkey0:fuse_transpose\u00abTx:float32") == "transpose"
+
+    conv = jt.nn.Conv2d(4, 4, 3, padding=1)
+    x = jt.array(np.ones((1, 4, 8, 8), dtype=np.float32))
+    with jt.no_grad():
+        jt.nn.relu(conv(x)).sync()
+        with jt.profile_scope() as report:
+            (jt.nn.relu(conv(x)) * 2).sum().sync()
+    kinds = {kind: ops for kind, ops, _ in profile.op_kinds(report)}
+    assert sum(kinds.values()) == sum(int(row[report[0].index("Count")]) for row in report[1:])
+    assert kinds.get("reindex + reduction (fused)") == 1, kinds  # the convolution as jittor's CPU loops
+    assert "elementwise (fused)" in kinds or "reduction (fused)" in kinds, kinds
+    assert "### conv" in profile.kind_table("conv", report, 1.0)

@@ -68,8 +68,13 @@ def permute(x, *axes):
 
 
 def attention_probabilities(q, k, scale):
-    """softmax(q k^T * scale) over the keys, in float32, as diffusers' classic processor."""
-    return nn.softmax((nn.bmm_transpose(q, k) * scale).float32(), dim=-1)
+    """softmax(q k^T * scale) over the keys, in float32, as diffusers' classic processor.
+
+    The scale multiplies q, not the product: on the GPU jittor's softmax is a kernel of its own that no
+    elementwise op fuses into, so scaling the (B*heads, queries, keys) scores would be one more pass over the
+    largest tensor of the layer (2 GiB a 64x64 layer at batch 4).
+    """
+    return nn.softmax(nn.bmm_transpose(q * scale, k).float32(), dim=-1)
 
 
 class RecomputedAttention(jt.Function):
@@ -96,9 +101,9 @@ class RecomputedAttention(jt.Function):
         probs = attention_probabilities(q, k, self.scale)
         grad_v = nn.bmm(permute(probs, 0, 2, 1).cast(v.dtype), grad_out)
         grad_probs = nn.bmm_transpose(grad_out, v).float32()
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdims=True))
-        grad_scores = (grad_scores * self.scale).cast(q.dtype)
-        return nn.bmm(grad_scores, k), nn.bmm(permute(grad_scores, 0, 2, 1), q), grad_v, None
+        grad_scores = (probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdims=True))).cast(q.dtype)
+        return (nn.bmm(grad_scores, k * self.scale), nn.bmm(permute(grad_scores, 0, 2, 1), q * self.scale),
+                grad_v, None)
 
 
 class Attention(nn.Module):
