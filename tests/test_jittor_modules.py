@@ -364,6 +364,47 @@ def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no
     assert peaks["explicit"] - peaks["recompute"] >= probs_bytes, peaks
 
 
+def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores_budget(tmp_path):
+    """``attend``: where a layer's scores would pass ``MAX_SCORES_BYTES`` and no gradient is taken, chunks of
+    queries give the same values with a peak of about two chunks' scores instead of the whole layer's scores and
+    probabilities (each run in a child process: jittor's memory profiler maximum cannot be reset); with gradients
+    it is one piece (every chunk's probabilities would be kept anyway)."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from suppresseot.backends.jittor.env import import_jittor, peak_live_bytes
+        from suppresseot.backends.jittor.models import layers
+        jt = import_jittor("cpu")
+        layers.MAX_SCORES_BYTES = int(sys.argv[1])
+        rng = np.random.default_rng(0)
+        q, k, v = (jt.array(rng.standard_normal((8, 1024, 16)).astype(np.float32)) for _ in range(3))
+        jt.sync_all(True)
+        jt.flags.profile_memory_enable = 1
+        with jt.no_grad():
+            out = layers.attend(q, k, v, 0.25).numpy()
+        peak = peak_live_bytes(jt)
+        jt.flags.profile_memory_enable = 0
+        with jt.profile_scope() as report:  # with gradients: as many bmm ops as one piece has
+            jt.grad((layers.attend(q, k, v, 0.25) * 2).sum(), q).sync()
+        np.save(sys.argv[2], out)
+        print(peak, sum(int(r[report[0].index("Count")]) for r in report[1:]))
+    """)
+    scores = 8 * 1024 * 1024 * 4
+    results = {}
+    for budget in (scores, scores // 4):
+        path = tmp_path / f"{budget}.npy"
+        proc = subprocess.run([sys.executable, "-c", code, str(budget), str(path)], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peak, grad_ops = map(int, proc.stdout.split()[-2:])
+        results[budget] = (peak, grad_ops, np.load(path))
+    whole, chunked = results[scores], results[scores // 4]
+    np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-6, atol=1e-7)
+    assert whole[0] >= 2 * scores, whole[0]  # scores and probabilities alive together
+    assert chunked[0] <= 2 * (scores // 4) + 4 * 1024 * 1024, chunked[0]  # two chunks' worth and the inputs
+    assert chunked[1] == whole[1]  # the gradient pass made the same ops: no chunks
+
+
 def nn_bmm(a, b):
     return jt.nn.bmm(a, b)
 
