@@ -330,8 +330,8 @@ def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no
         results = []
         for recompute in (False, True):
             q, k, v = jt.array(q_np), jt.array(k_np), jt.array(v_np)
-            out = (RecomputedAttention.apply(q, k, v, 0.35) if recompute
-                   else nn_bmm(attention_probabilities(q, k, 0.35), v))
+            out = (RecomputedAttention.apply(q * 0.35, k, v) if recompute
+                   else nn_bmm(attention_probabilities(q * 0.35, k), v))
             results.append([out.numpy()] + [g.numpy() for g in jt.grad((out * weights).sum(), [q, k, v])])
         for explicit, recomputed in zip(*results):
             np.testing.assert_allclose(recomputed, explicit, rtol=1e-5, atol=1e-6)
@@ -347,9 +347,9 @@ def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no
         rng = np.random.default_rng(0)
         q, k, v = (jt.array(rng.standard_normal((8, 1024, 16)).astype(np.float32)) for _ in range(3))
         if sys.argv[1] == "recompute":
-            out = RecomputedAttention.apply(q, k, v, 0.25)
+            out = RecomputedAttention.apply(q * 0.25, k, v)
         else:
-            out = jt.nn.bmm(attention_probabilities(q, k, 0.25), v)
+            out = jt.nn.bmm(attention_probabilities(q * 0.25, k), v)
         out = out * 2  # a later layer
         out.sync()
         jt.grad(out.sum(), [q, k, v])[0].sync()
@@ -381,11 +381,11 @@ def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores
         jt.sync_all(True)
         jt.flags.profile_memory_enable = 1
         with jt.no_grad():
-            out = layers.attend(q, k, v, 0.25).numpy()
+            out = layers.attend(q * 0.25, k, v).numpy()
         peak = peak_live_bytes(jt)
         jt.flags.profile_memory_enable = 0
         with jt.profile_scope() as report:  # with gradients: as many bmm ops as one piece has
-            jt.grad((layers.attend(q, k, v, 0.25) * 2).sum(), q).sync()
+            jt.grad((layers.attend(q * 0.25, k, v) * 2).sum(), q).sync()
         np.save(sys.argv[2], out)
         print(peak, sum(int(r[report[0].index("Count")]) for r in report[1:]))
     """)

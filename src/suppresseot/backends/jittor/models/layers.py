@@ -16,23 +16,31 @@ FLOAT64_GROUP_SIZE = 1 << 16  # groups larger than this get float64 statistics (
 
 
 class GroupNorm(nn.GroupNorm):
-    """torch.nn.GroupNorm numerics: float32 statistics, biased variance, output in the input dtype."""
+    """torch.nn.GroupNorm numerics: float32 statistics, biased variance, output in the input dtype.
 
-    def execute(self, x):
-        n, c = x.shape[0], x.shape[1]
-        g = x.float32().reshape((n, self.num_groups, -1))
+    ``silu=True`` applies SiLU to the output (every GroupNorm of the UNet's and VAE's ResNet blocks is followed
+    by one). Normalisation, affine and SiLU are one elementwise expression in the grouped shape, so jittor fuses
+    them into one op: a reshape between them would end the fusion (one op and one pass over the activation more
+    per norm, 61 norms a UNet pass).
+    """
+
+    def execute(self, x, silu=False):
+        n, c, groups = x.shape[0], x.shape[1], self.num_groups
+        g = x.float32().reshape((n, groups, c // groups, -1))
         # Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's plain
         # float32 sum drifts by ~1e-4 relative (torch sums in a more careful order). The UNet's groups (SD v1:
         # at most 10 channels x 64x64 = 41k values) keep float32, two-pass.
-        stats = g.cast("float64") if g.shape[2] > FLOAT64_GROUP_SIZE else g
-        mean = stats.mean(dim=2, keepdims=True)
+        stats = g.cast("float64") if g.shape[2] * g.shape[3] > FLOAT64_GROUP_SIZE else g
+        mean = stats.mean(dims=(2, 3), keepdims=True)
         centred = stats - mean
-        inv_std = 1.0 / jt.sqrt((centred * centred).mean(dim=2, keepdims=True) + self.eps)
+        var = (centred * centred).mean(dims=(2, 3), keepdims=True)
         if stats is not g:
-            mean, inv_std = mean.cast("float32"), inv_std.cast("float32")
-        g = ((g - mean) * inv_std).reshape(x.shape).cast(x.dtype)
-        shape = (1, c) + (1,) * (x.ndim - 2)
-        return g * self.weight.reshape(shape) + self.bias.reshape(shape)
+            mean, var = mean.cast("float32"), var.cast("float32")
+        per_channel = (1, groups, c // groups, 1)
+        out = (g - mean) / _std(var, g.shape, self.eps) * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
+        if silu:
+            out = out * jt.sigmoid(out)
+        return out.reshape(x.shape).cast(x.dtype)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -42,7 +50,13 @@ class LayerNorm(nn.LayerNorm):
         h = x.float32()
         h = h - h.mean(dim=-1, keepdims=True)
         var = (h * h).mean(dim=-1, keepdims=True)
-        return (h / jt.sqrt(var + self.eps)).cast(x.dtype) * self.weight + self.bias
+        return (h / _std(var, h.shape, self.eps)).cast(x.dtype) * self.weight + self.bias
+
+
+def _std(var, shape, eps):
+    """sqrt(var + eps) broadcast to ``shape`` first: jittor fuses the sqrt into the normalising op then, where on
+    the per-group (per-row) statistics it would be an op of its own, one a norm (109 norms a UNet pass)."""
+    return jt.sqrt(var.broadcast(shape) + eps)
 
 
 def silu(x):
@@ -67,21 +81,22 @@ def permute(x, *axes):
 # -- attention ------------------------------------------------------------------------------------
 
 
-def attention_probabilities(q, k, scale):
-    """softmax(q k^T * scale) over the keys, in float32, as diffusers' classic processor.
+def attention_probabilities(q, k):
+    """softmax(q k^T) over the keys, in float32, as diffusers' classic processor; ``q`` comes scaled by
+    1/sqrt(head dim) (``Attention`` scales it as it splits the heads, in the same op).
 
-    The scale multiplies q, not the product: on the GPU jittor's softmax is a kernel of its own that no
+    Scaling q rather than the product matters on the GPU: there jittor's softmax is a kernel of its own that no
     elementwise op fuses into, so scaling the (B*heads, queries, keys) scores would be one more pass over the
     largest tensor of the layer (2 GiB a 64x64 layer at batch 4).
     """
-    return nn.softmax(nn.bmm_transpose(q * scale, k).float32(), dim=-1)
+    return nn.softmax(nn.bmm_transpose(q, k).float32(), dim=-1)
 
 
 MAX_SCORES_BYTES = 1 << 30  # larger (B*heads, queries, keys) float32 scores are made in chunks of queries (see attend)
 
 
-def attend(q, k, v, scale):
-    """softmax(q k^T * scale) v; without gradients, in chunks of queries whose scores take at most
+def attend(q, k, v):
+    """softmax(q k^T) v (q scaled); without gradients, in chunks of queries whose scores take at most
     ``MAX_SCORES_BYTES`` each.
 
     A layer's scores and probabilities are alive together, and nothing else in a pass is as large: at batch 4
@@ -92,14 +107,14 @@ def attend(q, k, v, scale):
     rows, queries, keys = q.shape[0], q.shape[1], k.shape[1]
     chunks = -(-rows * queries * keys * 4 // MAX_SCORES_BYTES)
     if chunks <= 1 or not jt.flags.no_grad:
-        return nn.bmm(attention_probabilities(q, k, scale).cast(v.dtype), v)
+        return nn.bmm(attention_probabilities(q, k).cast(v.dtype), v)
     step = -(-queries // chunks)
-    return jt.concat([nn.bmm(attention_probabilities(q[:, i:i + step], k, scale).cast(v.dtype), v)
+    return jt.concat([nn.bmm(attention_probabilities(q[:, i:i + step], k).cast(v.dtype), v)
                       for i in range(0, queries, step)], dim=1)
 
 
 class RecomputedAttention(jt.Function):
-    """softmax(q k^T * scale) v whose backward recomputes the probabilities from q and k.
+    """softmax(q k^T) v (q scaled) whose backward recomputes the probabilities from q and k.
 
     Autodiff of the explicit ops keeps every layer's (B*heads, queries, keys) scores and probabilities
     until the backward pass: 0.5 GiB a 64x64 layer per image in fp32, for each of the UNet's ten such
@@ -113,18 +128,17 @@ class RecomputedAttention(jt.Function):
     the CPU test model the probabilities are indeed not kept.
     """
 
-    def execute(self, q, k, v, scale):
-        self.saved, self.scale = (q, k, v), scale
-        return nn.bmm(attention_probabilities(q, k, scale).cast(v.dtype), v)
+    def execute(self, q, k, v):
+        self.saved = (q, k, v)
+        return nn.bmm(attention_probabilities(q, k).cast(v.dtype), v)
 
     def grad(self, grad_out):
         q, k, v = self.saved
-        probs = attention_probabilities(q, k, self.scale)
+        probs = attention_probabilities(q, k)
         grad_v = nn.bmm(permute(probs, 0, 2, 1).cast(v.dtype), grad_out)
         grad_probs = nn.bmm_transpose(grad_out, v).float32()
         grad_scores = (probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdims=True))).cast(q.dtype)
-        return (nn.bmm(grad_scores, k * self.scale), nn.bmm(permute(grad_scores, 0, 2, 1), q * self.scale),
-                grad_v, None)
+        return nn.bmm(grad_scores, k), nn.bmm(permute(grad_scores, 0, 2, 1), q), grad_v
 
 
 class Attention(nn.Module):
@@ -149,28 +163,34 @@ class Attention(nn.Module):
         self.recompute = False  # unrecorded layers through RecomputedAttention (see there)
         self.upcast = False  # q and k in float32 before their product (diffusers' upcast_attention, SD 2.1)
 
-    def _split(self, x):  # (B, L, H*D) -> (B*H, L, D)
-        b, n, _ = x.shape
-        return x.reshape((b, n, self.heads, -1)).permute(0, 2, 1, 3).reshape((b * self.heads, n, -1))
+    def _split(self, x, upcast=False, scale=None):
+        """(B, L, H*D) -> (B*H, L, D), row ``b * heads + h``; as a reindexed view, so that jittor fuses the
+        float32 cast and the scale into the same op."""
+        b, n, inner = x.shape
+        h, d = self.heads, inner // self.heads
+        out = x.reindex((b * h, n, d), [f"i0/{h}", "i1", f"i0%{h}*{d}+i2"])
+        out = out.float32() if upcast else out
+        return out if scale is None else out * scale
 
     def _merge(self, x):  # (B*H, L, D) -> (B, L, H*D)
         bh, n, d = x.shape
-        return x.reshape((bh // self.heads, self.heads, n, d)).permute(0, 2, 1, 3).reshape((bh // self.heads, n, -1))
+        h = self.heads
+        return x.reindex((bh // h, n, h * d), [f"i0*{h}+i2/{d}", "i1", f"i2%{d}"])
 
     def execute(self, x, context=None):
         context = x if context is None else context
-        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
-        if self.upcast and q.dtype != jt.float32:
-            q, k = q.float32(), k.float32()
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        upcast = self.upcast and q.dtype != jt.float32
+        q, k, v = self._split(q, upcast, self.scale), self._split(k, upcast), self._split(v)
         rec = self.recorder
         if rec is not None and (not hasattr(rec, "wants") or rec.wants(q.shape[1], self.place_in_unet)):
-            probs = attention_probabilities(q, k, self.scale)  # in the graph: the recorder's losses need it
+            probs = attention_probabilities(q, k)  # in the graph: the recorder's losses need it
             rec(probs, self.is_cross, self.place_in_unet)
             out = nn.bmm(probs.cast(v.dtype), v)
         elif self.recompute:
-            out = RecomputedAttention.apply(q, k, v, self.scale)
+            out = RecomputedAttention.apply(q, k, v)
         else:
-            out = attend(q, k, v, self.scale)
+            out = attend(q, k, v)
         return self.to_out(self._merge(out))
 
 
@@ -189,11 +209,13 @@ class ResnetBlock2D(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.output_scale_factor = output_scale_factor
 
-    def execute(self, x, temb=None):
-        h = self.conv1(silu(self.norm1(x)))
-        if self.time_emb_proj is not None and temb is not None:
-            h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
-        h = self.conv2(silu(self.norm2(h)))
+    def execute(self, x, temb_silu=None):
+        """``temb_silu``: SiLU of the time embedding, which diffusers' block applies itself; the UNet applies it
+        once a pass for all its blocks (the same input everywhere)."""
+        h = self.conv1(self.norm1(x, silu=True))
+        if self.time_emb_proj is not None and temb_silu is not None:
+            h = h + self.time_emb_proj(temb_silu).broadcast(h.shape, [2, 3])  # fused into the add
+        h = self.conv2(self.norm2(h, silu=True))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         return out if self.output_scale_factor == 1 else out / self.output_scale_factor

@@ -8,7 +8,7 @@ from __future__ import annotations
 from jittor import nn
 
 from ....errors import SuppressEOTError
-from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, permute, silu
+from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, permute
 
 
 class VAEAttention(Attention):
@@ -75,7 +75,7 @@ class Encoder(nn.Module):
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
-        return self.conv_out(silu(self.conv_norm_out(self.mid_block(x))))
+        return self.conv_out(self.conv_norm_out(self.mid_block(x), silu=True))
 
 
 class Decoder(nn.Module):
@@ -93,7 +93,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
 class AutoencoderKL(nn.Module):
