@@ -2,7 +2,9 @@
 
 Normalisation layers compute their statistics with a two-pass variance (jittor's stock
 GroupNorm/LayerNorm use E[x^2] - E[x]^2, which loses digits when activations have a large mean and
-breaks down in float16), GroupNorm's in float64; everything else is the stock ``jittor.nn`` layer.
+breaks down in float16), GroupNorm's in float64 for large groups; everything else is the stock ``jittor.nn``
+layer. Each op jittor cannot fuse into its neighbours costs a kernel launch and a pass over memory, so the
+layers are written to fuse (see GroupNorm, _std, Attention._split).
 """
 from __future__ import annotations
 
