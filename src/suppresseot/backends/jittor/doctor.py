@@ -440,6 +440,9 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
             ("convolutions", conv),
             ("transposes", "cuTT (use_cutt=1)" if cutt else
              "fused into GPU kernels by layers.permute (cuTT off: it would be downloaded at build time)"),
+            ("guidance", "both halves in one UNet pass while sampling (one_pass_guidance)"),
+            ("attention", "scores in float32; without gradients in chunks of queries where a layer's scores would "
+                          "pass layers.MAX_SCORES_BYTES"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
             ("static graphs", "on (jittor.vcompiler records each step once and replays it; --no-static-graphs: "
                               "eager; docs/jittor.md)"),
