@@ -101,8 +101,14 @@ def test_ray_batch_equals_the_local_batch_and_a_failing_task_does_not_stop_it(ra
     assert [(r["task"], r["status"]) for r in summary] == [(t["id"], "finished") for t in GENERATED] + [
         ("real-cat", "finished"), ("real-dog", "failed")]
 
-    # Ray stayed on the loopback address: every TCP socket of its processes (children of this one)
-    sockets = [c for p in psutil.Process().children(recursive=True) for c in p.net_connections(kind="tcp")]
+    # Ray stayed on the loopback address: every TCP socket of its processes (children of this one; one that
+    # exits between the listing and the reading of its sockets has none left)
+    sockets = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            sockets += process.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
     assert sockets
     for c in sockets:
         for address in (c.laddr, c.raddr):
