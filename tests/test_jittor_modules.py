@@ -294,6 +294,36 @@ def test_permutes_that_move_the_last_axis_avoid_the_cpu_only_transpose():
     np.testing.assert_array_equal(grad.numpy(), weights.transpose(0, 3, 1, 2))
 
 
+def test_group_norm_kernel_matches_torch_values_and_input_gradient():
+    """GroupNorm's statistics and its backward's per-group sums come from ``jt.code`` kernels (jittor's own
+    reduction over a group is slow on the GPU); values and the input gradient match torch's GroupNorm, with
+    and without the fused SiLU, with gradients taken or not, on a group larger than the float32-safe size."""
+    from suppresseot.backends.jittor.models.layers import GroupNorm
+
+    rng = np.random.default_rng(0)
+    for shape, groups, silu in [((2, 64, 8, 8), 32, True), ((1, 12, 5, 3), 4, False), ((1, 4, 300, 300), 1, True)]:
+        x = (rng.standard_normal(shape) * 3 + 40).astype(np.float32)  # a large mean: two-pass variance matters
+        weight, bias, upstream = (rng.standard_normal(s).astype(np.float32) for s in (shape[1], shape[1], shape))
+        reference = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+        reference.weight.data[:], reference.bias.data[:] = torch.from_numpy(weight), torch.from_numpy(bias)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = reference(tx)
+        ty = torch.nn.functional.silu(ty) if silu else ty
+        (ty * torch.from_numpy(upstream)).sum().backward()
+
+        norm = GroupNorm(groups, shape[1], eps=1e-6)
+        norm.weight.assign(jt.array(weight))
+        norm.bias.assign(jt.array(bias))
+        jx = jt.array(x)
+        y = norm(jx, silu=silu)
+        grad = jt.grad((y * jt.array(upstream)).sum(), jx)
+        with jt.no_grad():
+            y_no_grad = norm(jx, silu=silu).numpy()
+        assert rel(y.numpy(), ty.detach().numpy()) < 1e-6, shape
+        assert rel(y_no_grad, ty.detach().numpy()) < 1e-6, shape
+        assert rel(grad.numpy(), tx.grad.numpy()) < 1e-5, shape
+
+
 def test_peak_live_bytes_from_jittors_memory_profiler():
     """Runs in a child process: the profiler's maximum cannot be reset, so it must start clean."""
     code = textwrap.dedent("""

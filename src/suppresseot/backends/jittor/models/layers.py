@@ -2,7 +2,7 @@
 
 Normalisation layers compute their statistics with a two-pass variance (jittor's stock
 GroupNorm/LayerNorm use E[x^2] - E[x]^2, which loses digits when activations have a large mean and
-breaks down in float16), GroupNorm's in float64 for large groups; everything else is the stock ``jittor.nn``
+breaks down in float16), GroupNorm's in a kernel of its own; everything else is the stock ``jittor.nn``
 layer. Each op jittor cannot fuse into its neighbours costs a kernel launch and a pass over memory, so the
 layers are written to fuse (see GroupNorm, _std, Attention._split).
 """
@@ -14,35 +14,132 @@ from jittor import nn
 # -- normalisation --------------------------------------------------------------------------------
 
 
-FLOAT64_GROUP_SIZE = 1 << 16  # groups larger than this get float64 statistics (see GroupNorm)
-
-
 class GroupNorm(nn.GroupNorm):
-    """torch.nn.GroupNorm numerics: float32 statistics, biased variance, output in the input dtype.
+    """torch.nn.GroupNorm numerics: float32 input to two-pass statistics, biased variance, output in the input
+    dtype.
 
     ``silu=True`` applies SiLU to the output (every GroupNorm of the UNet's and VAE's ResNet blocks is followed
     by one). Normalisation, affine and SiLU are one elementwise expression in the grouped shape, so jittor fuses
     them into one op: a reshape between them would end the fusion (one op and one pass over the activation more
-    per norm, 61 norms a UNet pass).
+    per norm, 61 norms a UNet pass). The statistics come from ``group_moments`` (see there for why a kernel).
     """
 
     def execute(self, x, silu=False):
         n, c, groups = x.shape[0], x.shape[1], self.num_groups
         g = x.float32().reshape((n, groups, c // groups, -1))
-        # Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's plain
-        # float32 sum drifts by ~1e-4 relative (torch sums in a more careful order). The UNet's groups (SD v1:
-        # at most 10 channels x 64x64 = 41k values) keep float32, two-pass.
-        stats = g.cast("float64") if g.shape[2] * g.shape[3] > FLOAT64_GROUP_SIZE else g
-        mean = stats.mean(dims=(2, 3), keepdims=True)
-        centred = stats - mean
-        var = (centred * centred).mean(dims=(2, 3), keepdims=True)
-        if stats is not g:
-            mean, var = mean.cast("float32"), var.cast("float32")
         per_channel = (1, groups, c // groups, 1)
-        out = (g - mean) / _std(var, g.shape, self.eps) * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
+        out = GroupNormalized.apply(g, self.eps) * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
         if silu:
             out = out * jt.sigmoid(out)
         return out.reshape(x.shape).cast(x.dtype)
+
+
+_CUB = "#include <{}cub/cub.cuh>"
+_GROUP_THREADS = 1024
+
+_MOMENTS_CPU = """
+int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
+for (int b = 0; b < groups; b++) {
+    const in0_type* x = in0_p + (size_t)b * len;
+    double sum = 0, sq = 0;
+    for (int i = 0; i < len; i++) sum += x[i];
+    double mean = sum / len;
+    for (int i = 0; i < len; i++) { double d = x[i] - mean; sq += d * d; }
+    out0_p[b] = mean; out1_p[b] = sq / len;
+}
+"""
+_MOMENTS_CUDA = f"""
+__global__ void group_moments(const in0_type* x, out0_type* mean_out, out1_type* var_out, int len) {{
+    typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
+    __shared__ typename Reduce::TempStorage scratch;
+    __shared__ double mean;
+    x += (size_t)blockIdx.x * len;
+    double acc = 0;
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) acc += x[i];
+    double total = Reduce(scratch).Sum(acc);
+    if (threadIdx.x == 0) mean = total / len;
+    __syncthreads();
+    acc = 0;
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double d = x[i] - mean; acc += d * d; }}
+    total = Reduce(scratch).Sum(acc);
+    if (threadIdx.x == 0) {{ mean_out[blockIdx.x] = mean; var_out[blockIdx.x] = total / len; }}
+}}
+int groups = in0->shape[0] * in0->shape[1];
+group_moments<<<groups, {_GROUP_THREADS}>>>(in0_p, out0_p, out1_p, in0->num / groups);
+CHECK(0 == cudaGetLastError());
+"""
+# sum(dy) and sum(dy * xhat) per group, xhat = (x - mean) * rstd; inputs dy, x, mean, rstd
+_GRAD_SUMS_CPU = """
+int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
+for (int b = 0; b < groups; b++) {
+    const in0_type* dy = in0_p + (size_t)b * len;
+    const in1_type* x = in1_p + (size_t)b * len;
+    double mean = in2_p[b], rstd = in3_p[b], s1 = 0, s2 = 0;
+    for (int i = 0; i < len; i++) { s1 += dy[i]; s2 += dy[i] * ((x[i] - mean) * rstd); }
+    out0_p[b] = s1; out1_p[b] = s2;
+}
+"""
+_GRAD_SUMS_CUDA = f"""
+__global__ void group_grad_sums(const in0_type* dy, const in1_type* x, const in2_type* mean, const in3_type* rstd,
+                                out0_type* s1_out, out1_type* s2_out, int len) {{
+    typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
+    __shared__ typename Reduce::TempStorage scratch;
+    size_t start = (size_t)blockIdx.x * len;
+    dy += start; x += start;
+    double m = mean[blockIdx.x], r = rstd[blockIdx.x], s1 = 0, s2 = 0;
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double g = dy[i]; s1 += g; s2 += g * ((x[i] - m) * r); }}
+    double total = Reduce(scratch).Sum(s1);
+    if (threadIdx.x == 0) s1_out[blockIdx.x] = total;
+    __syncthreads();
+    total = Reduce(scratch).Sum(s2);
+    if (threadIdx.x == 0) s2_out[blockIdx.x] = total;
+}}
+int groups = in0->shape[0] * in0->shape[1];
+group_grad_sums<<<groups, {_GROUP_THREADS}>>>(in0_p, in1_p, in2_p, in3_p, out0_p, out1_p, in0->num / groups);
+CHECK(0 == cudaGetLastError());
+"""
+
+
+def _per_group(inputs, cpu_src, cuda_src):
+    """Two float32 (n, G, 1, 1) statistics of (n, G, ...) float32 inputs, one kernel (a CUDA block) per group."""
+    shape = tuple(inputs[0].shape[:2]) + (1, 1)
+    return jt.code([shape, shape], ["float32", "float32"], inputs, cpu_src=cpu_src, cuda_src=cuda_src,
+                   cuda_header=_CUB.format(jt.compile_extern.cub_home) if jt.flags.use_cuda else "")
+
+
+def group_moments(g):
+    """Mean and biased variance of each (n, group) of ``g`` (float32, (n, G, ...)), two-pass, summed in float64.
+
+    jittor's own reduction over a group's inner axes runs at 15-30 GB/s on an H200 (only n*G outputs to spread
+    over threads): 58 such mean/variance pairs took a quarter of a UNet forward's GPU time (docs/jittor.md).
+    One CUDA block a group reads it twice from L2. Summing in float64 also keeps large groups (the VAE's, up to
+    1M values) as exact as torch's.
+    """
+    return _per_group([g], _MOMENTS_CPU, _MOMENTS_CUDA)
+
+
+class GroupNormalized(jt.Function):
+    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)).
+
+    Without gradients this is plain fused jittor ops over ``group_moments``. With them, the backward is written
+    out so its two per-group sums also take the kernel (autodiff of the broadcast statistics would reduce
+    with jittor's slow reduction, twice): dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+
+    def execute(self, g, eps):
+        mean, var = group_moments(g)
+        self.saved = (g, mean, 1 / jt.sqrt(var + eps))
+        return (g - mean) / _std(var, g.shape, eps)
+
+    def grad(self, dy):
+        g, mean, rstd = self.saved
+        s1, s2 = _per_group([dy, g, mean, rstd], _GRAD_SUMS_CPU, _GRAD_SUMS_CUDA)
+        size = g.numel() // (g.shape[0] * g.shape[1])
+        xhat = (g - mean) * rstd
+        return rstd * (dy - s1 / size - xhat * (s2 / size)), None
 
 
 class LayerNorm(nn.LayerNorm):
