@@ -90,7 +90,9 @@ def fake_run(folder: Path, name: str, tokenizer, prompt=VANGOGH, indices=(4, 5, 
               "settings": {"alpha": alpha, "tau": 0.5, "iterations": 2}, "sampling": {"num_steps": 4},
               "seconds": {"text_encoding": 0.5, "swr_ito_sampling": 2.0, "vae_decode": 0.5},
               "memory": memory or {"swr_ito_sampling": {"allocated": None, "reserved": None}},
-              "backend": {"backend": backend, "device": "cpu"}, **(extra or {})}
+              "backend": {"backend": backend, "device": "cpu",  # versions as each backend records them
+                          **({"jittor": {"version": "1.3.11.0", "env": {}}} if backend == "jittor" else {})},
+              **(extra or {})}
     (run / "run.json").write_text(json.dumps(record))
     noise(image_seeds[0]).save(run / "original.png")
     noise(image_seeds[1]).save(run / "suppressed.png")
@@ -293,6 +295,7 @@ def test_report_matches_backends_of_one_folder_and_computes_parity(tmp_path, tok
     assert main(["report", str(folder), str(folder), "--out", str(out)]) == 2  # the labels must pick the backends
     assert main(["report", str(folder), str(folder), "--out", str(out), "--labels", "torch", "jittor"]) == 0
     md = (out / "report.md").read_text()
+    assert "| jittor 1.3.11.0 |" in md and "{'version'" not in md  # the version, not the whole record
     for png in ("ito_loss.png", "seconds_per_iteration.png", "memory_per_stage.png", "memory_trace.png",
                 "grid-vangogh-1.png"):
         with Image.open(out / png) as image:

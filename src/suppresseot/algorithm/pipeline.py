@@ -120,7 +120,7 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         return move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
     conditional_noise = backend.compile_step(conditional_noise)
-    optimization_step = backend.compile_step(optimization_step, gradients=True)
+    optimization_step = backend.compile_step(optimization_step)
     denoising_step = backend.compile_step(denoising_step)
     n = schedule.num_steps
     current = latents[-1]
@@ -248,7 +248,7 @@ class InferenceTimeOptimization:
             return edited - factor * grad, per_task
 
         self.reference_maps = backend.compile_step(reference_maps)
-        self.optimization_step = backend.compile_step(optimization_step, gradients=True)
+        self.optimization_step = backend.compile_step(optimization_step)
 
     def __call__(self, step: int, t: int, latent_original, latent_edited, text, edited, logs: list[list]):
         """Optimize ``edited`` (K tasks) at sampling step ``step``; appends one row per iteration to each

@@ -82,13 +82,12 @@ class Backend(Protocol):
 
     def no_grad(self) -> AbstractContextManager: ...
 
-    def compile_step(self, fn: Callable, gradients: bool = False) -> Callable:
+    def compile_step(self, fn: Callable) -> Callable:
         """``fn`` or a faster equivalent for calling it many times with same-shaped arguments.
 
         ``fn`` takes tensors, Python numbers and tuples/lists/dicts of those, and returns the same kinds;
-        it must be pure (all it reads that changes between calls comes in as an argument). ``gradients``: ``fn``
-        takes a gradient (an ITO or null-text iteration). The PyTorch backend replays a captured CUDA graph,
-        the Jittor backend a static graph (steps without gradients); otherwise ``fn`` comes back.
+        it must be pure (all it reads that changes between calls comes in as an argument). The PyTorch
+        backend replays a captured CUDA graph; other backends return ``fn``.
         """
 
     # --- bookkeeping --------------------------------------------------------------------------

@@ -464,7 +464,7 @@ class TorchBackend:
     def no_grad(self):
         return torch.no_grad()
 
-    def compile_step(self, fn, gradients=False):
+    def compile_step(self, fn):
         """A graphed step, captured once per process and argument shapes: the pipeline builds its step
         functions anew for every image, and a closure of the same code over equal values (``step_key``)
         under the same backend settings gets the graph captured for an earlier image. Capturing costs three

@@ -367,7 +367,11 @@ def _describe(side: Side) -> list:
     def values(key):
         return ", ".join(sorted({str(i.get(key)) for i in infos if i.get(key) is not None})) or ""
 
-    versions = sorted({f"{k} {i[k]}" for i in infos for k in ("torch", "jittor", "diffusers") if i.get(k)})
+    def version(value):  # the Jittor backend records a dict of versions and flags under "jittor"
+        return value.get("version") if isinstance(value, dict) else value
+
+    versions = sorted({f"{k} {version(i[k])}" for i in infos for k in ("torch", "jittor", "diffusers")
+                       if i.get(k) and version(i[k])})
     steps = sorted({str((r.record.get("sampling") or {}).get("num_steps")) for r in side.runs})
     iterations = sorted({str((r.record.get("settings") or {}).get("iterations")) for r in side.runs})
     return [side.label, str(side.folder), len(side.runs), values("backend"), values("gpu") or values("device"),

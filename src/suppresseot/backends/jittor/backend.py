@@ -181,14 +181,9 @@ class JittorBackend:
     def no_grad(self):
         return self.jt.no_grad()
 
-    def compile_step(self, fn, gradients=False):
-        """``fn`` itself (jittor fuses and caches kernels), or with static graphs a ``StaticStep``.
-
-        Steps that take a gradient stay eager: vcompiler's replay of a backward through GroupNorm's kernel (a
-        ``jt.Function``, layers.GroupNormalized) crashed the process on an H200, and eager with that kernel beat
-        the replay without it (UNet forward+backward 81 against 106 ms, docs/jittor.md).
-        """
-        if not self.static_graphs or gradients:
+    def compile_step(self, fn):
+        """``fn`` itself (jittor fuses and caches kernels), or with static graphs a ``StaticStep``."""
+        if not self.static_graphs:
             return fn
         if self.record_step is None:
             try:
@@ -249,9 +244,12 @@ class StaticStep:
         self.replay = build(self._record)
 
     def _record(self, *args):
+        from .models.layers import static_recording
+
         self.backend._tracing = True
         try:
-            return self.fn(*args)
+            with static_recording():
+                return self.fn(*args)
         finally:
             self.backend._tracing = False
 

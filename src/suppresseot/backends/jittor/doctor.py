@@ -444,9 +444,10 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
             ("attention", "scores in float32; without gradients in chunks of queries where a layer's scores would "
                           "pass layers.MAX_SCORES_BYTES"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
-            ("static graphs", "on for steps without gradients (jittor.vcompiler records each once and replays "
-                              "it; --no-static-graphs: eager; docs/jittor.md)"),
-            ("GroupNorm", "statistics and backward sums in kernels of their own (layers.group_moments)"),
+            ("static graphs", "on (jittor.vcompiler records each step once and replays it; --no-static-graphs: "
+                              "eager; docs/jittor.md)"),
+            ("GroupNorm", "statistics in a kernel of their own (layers.group_moments), and the backward's sums in "
+                          "eager steps"),
             ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 

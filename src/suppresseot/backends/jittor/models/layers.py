@@ -21,17 +21,57 @@ class GroupNorm(nn.GroupNorm):
     ``silu=True`` applies SiLU to the output (every GroupNorm of the UNet's and VAE's ResNet blocks is followed
     by one). Normalisation, affine and SiLU are one elementwise expression in the grouped shape, so jittor fuses
     them into one op: a reshape between them would end the fusion (one op and one pass over the activation more
-    per norm, 61 norms a UNet pass). The statistics come from ``group_moments`` (see there for why a kernel).
+    per norm, 61 norms a UNet pass).
+
+    The statistics come from a kernel (``group_moments``) and, with gradients, so do the backward's sums
+    (``GroupNormalized``), except while a static step records (``static_recording``): there they are plain
+    jittor ops, because vcompiler's replay of GroupNormalized's backward crashed the process on an H200.
     """
 
     def execute(self, x, silu=False):
         n, c, groups = x.shape[0], x.shape[1], self.num_groups
         g = x.float32().reshape((n, groups, c // groups, -1))
         per_channel = (1, groups, c // groups, 1)
-        out = GroupNormalized.apply(g, self.eps) * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
+        if jt.flags.no_grad:
+            mean, var = group_moments(g)
+            normalized = (g - mean) / _std(var, g.shape, self.eps)
+        elif _static_recording:
+            normalized = _normalized_by_plain_ops(g, self.eps)
+        else:
+            normalized = GroupNormalized.apply(g, self.eps)
+        out = normalized * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
         if silu:
             out = out * jt.sigmoid(out)
         return out.reshape(x.shape).cast(x.dtype)
+
+
+FLOAT64_GROUP_SIZE = 1 << 16  # plain-op statistics of groups larger than this are summed in float64
+_static_recording = False
+
+
+class static_recording:
+    """While a static step records (backend.StaticStep), GroupNorm takes gradients through plain ops."""
+
+    def __enter__(self):
+        global _static_recording
+        self.before, _static_recording = _static_recording, True
+
+    def __exit__(self, *exc):
+        global _static_recording
+        _static_recording = self.before
+
+
+def _normalized_by_plain_ops(g, eps):
+    """(g - mean) / sqrt(var + eps) per group with jittor's own reductions, which autodiff handles (slowly on the
+    GPU). Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's plain
+    float32 sum drifts by ~1e-4 relative."""
+    stats = g.cast("float64") if g.shape[2] * g.shape[3] > FLOAT64_GROUP_SIZE else g
+    mean = stats.mean(dims=(2, 3), keepdims=True)
+    centred = stats - mean
+    var = (centred * centred).mean(dims=(2, 3), keepdims=True)
+    if stats is not g:
+        mean, var = mean.cast("float32"), var.cast("float32")
+    return (g - mean) / _std(var, g.shape, eps)
 
 
 _CUB = "#include <{}cub/cub.cuh>"
@@ -122,11 +162,9 @@ def group_moments(g):
 
 
 class GroupNormalized(jt.Function):
-    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)).
-
-    Without gradients this is plain fused jittor ops over ``group_moments``. With them, the backward is written
-    out so its two per-group sums also take the kernel (autodiff of the broadcast statistics would reduce
-    with jittor's slow reduction, twice): dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)) for autodiff, its
+    backward written out so that its two per-group sums take a kernel too (autodiff of the broadcast statistics
+    would reduce with jittor's slow reduction, twice): dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
 
     def execute(self, g, eps):
