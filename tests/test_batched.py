@@ -65,6 +65,9 @@ def test_generate_many_equals_generate_one_by_one(model):
         assert (b.prompt, b.token_indices, b.seed, b.group_size) == (a.prompt, a.token_indices, a.seed, 2)
         assert len(b.ito_log) == len(a.ito_log) == 2 * 2
         assert [(r["step"], r["iteration"]) for r in b.ito_log] == [(r["step"], r["iteration"]) for r in a.ito_log]
+        for step in {r["step"] for r in b.ito_log}:  # each iteration holds its step's mean time (GPUs queue them)
+            assert len({r["seconds"] for r in b.ito_log if r["step"] == step}) == 1
+        assert all(r["seconds"] > 0 for r in b.ito_log)
         np.testing.assert_allclose(totals(b), totals(a), rtol=GENERATED_RTOL)
         assert relative(b.final_latents, a.final_latents) < GENERATED_RTOL
         assert relative(b.cross_attention, a.cross_attention) < GENERATED_RTOL

@@ -265,13 +265,17 @@ class InferenceTimeOptimization:
             for b, (n, indices) in enumerate(zip(self.n_tokens, self.token_indices))]
         factor = self.step_scale * float(self.schedule.guidance_weights()[step])
         rows = []
-        for iteration in range(settings.iterations):
-            started = time.perf_counter()
+        started = time.perf_counter()
+        for _ in range(settings.iterations):
             edited, per_task = self.optimization_step(edited, latent_edited, t, cross_reference, self_reference,
                                                       weights, factor)
-            rows.append((iteration, per_task, time.perf_counter() - started))
-        for iteration, per_task, seconds in rows:  # read values once the step's work is queued
-            values = {name: backend.to_numpy(v).reshape(-1) for name, v in per_task.items()}
+            rows.append(per_task)
+        # read values once the step's work is queued; the reads wait for it, so the step's time is known after
+        # them. An iteration's own time is not: on a GPU it is queued, not done, when the next one is
+        # (timing each would take a synchronization each), so every row gets the step's mean.
+        rows = [{name: backend.to_numpy(v).reshape(-1) for name, v in per_task.items()} for per_task in rows]
+        seconds = (time.perf_counter() - started) / max(len(rows), 1)
+        for iteration, values in enumerate(rows):
             for b, log in enumerate(logs):
                 log.append({"step": step, "timestep": t, "iteration": iteration,
                             **{name: float(v[b]) for name, v in values.items() if name != "total"},
