@@ -181,11 +181,11 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int,
         loss = ((unet(latent, t, x) - target) ** 2).mean()
         return loss, jt.grad(loss, x)
 
-    t = jt.array(np.array([501.0], dtype=np.float32))
     def recorded_forward_backward(latent, t, x, target):
         with static_recording():  # as the backend's StaticStep: GroupNorm's backward in plain ops (see there)
             return forward_backward(latent, t, x, target)
 
+    t = jt.array(np.array([501.0], dtype=np.float32))
     cases = (("forward batch 2", forward, (latent2, t, context2)), ("forward batch 4", forward, (latent4, t, context4)),
              ("forward+backward batch 1", recorded_forward_backward, (latent1, t, embedding, target)))
     for name, fn, inputs in cases:

@@ -32,10 +32,7 @@ class GroupNorm(nn.GroupNorm):
         n, c, groups = x.shape[0], x.shape[1], self.num_groups
         g = x.float32().reshape((n, groups, c // groups, -1))
         per_channel = (1, groups, c // groups, 1)
-        if jt.flags.no_grad:
-            mean, var = group_moments(g)
-            normalized = (g - mean) / _std(var, g.shape, self.eps)
-        elif _static_recording:
+        if _static_recording and not jt.flags.no_grad:
             normalized = _normalized_by_plain_ops(g, self.eps)
         else:
             normalized = GroupNormalized.apply(g, self.eps)
@@ -162,18 +159,20 @@ def group_moments(g):
 
 
 class GroupNormalized(jt.Function):
-    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)) for autodiff, its
-    backward written out so that its two per-group sums take a kernel too (autodiff of the broadcast statistics
+    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)): without gradients the
+    kernel's statistics and one fused op (a Function runs ``execute`` alone then); with them, its backward written
+    out so that its two per-group sums take a kernel too (autodiff of the broadcast statistics
     would reduce with jittor's slow reduction, twice): dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
 
     def execute(self, g, eps):
         mean, var = group_moments(g)
-        self.saved = (g, mean, 1 / jt.sqrt(var + eps))
+        self.saved = (g, mean, var, eps)
         return (g - mean) / _std(var, g.shape, eps)
 
     def grad(self, dy):
-        g, mean, rstd = self.saved
+        g, mean, var, eps = self.saved
+        rstd = 1 / jt.sqrt(var + eps)
         s1, s2 = _per_group([dy, g, mean, rstd], _GRAD_SUMS_CPU, _GRAD_SUMS_CUDA)
         size = g.numel() // (g.shape[0] * g.shape[1])
         xhat = (g - mean) * rstd
