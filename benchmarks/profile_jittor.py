@@ -166,8 +166,6 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int,
     started = time.perf_counter()
     from jittor import vcompiler
 
-    from suppresseot.backends.jittor.models.layers import static_recording
-
     print(f"vcompiler module: {time.perf_counter() - started:.1f} s to build/load", flush=True)
     unet = backend.unet_model
 
@@ -181,13 +179,9 @@ def static(backend, latent1, latent2, context2, embedding, target, repeats: int,
         loss = ((unet(latent, t, x) - target) ** 2).mean()
         return loss, jt.grad(loss, x)
 
-    def recorded_forward_backward(latent, t, x, target):
-        with static_recording():  # as the backend's StaticStep: GroupNorm's backward in plain ops (see there)
-            return forward_backward(latent, t, x, target)
-
     t = jt.array(np.array([501.0], dtype=np.float32))
     cases = (("forward batch 2", forward, (latent2, t, context2)), ("forward batch 4", forward, (latent4, t, context4)),
-             ("forward+backward batch 1", recorded_forward_backward, (latent1, t, embedding, target)))
+             ("forward+backward batch 1", forward_backward, (latent1, t, embedding, target)))
     for name, fn, inputs in cases:
         out = fn(*inputs)
         eager = [v.numpy() for v in (out if isinstance(out, (tuple, list)) else (out,))]

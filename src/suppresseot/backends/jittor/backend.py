@@ -244,12 +244,9 @@ class StaticStep:
         self.replay = build(self._record)
 
     def _record(self, *args):
-        from .models.layers import static_recording
-
         self.backend._tracing = True
         try:
-            with static_recording():
-                return self.fn(*args)
+            return self.fn(*args)
         finally:
             self.backend._tracing = False
 

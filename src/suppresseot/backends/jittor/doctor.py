@@ -446,8 +446,8 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
             ("static graphs", "on (jittor.vcompiler records each step once and replays it; --no-static-graphs: "
                               "eager; docs/jittor.md)"),
-            ("GroupNorm", "statistics in a kernel of their own (layers.group_moments), and the backward's sums in "
-                          "eager steps"),
+            ("GroupNorm", "statistics, and with gradients the backward, in kernels of their own "
+                          "(layers.normalize_groups)"),
             ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 

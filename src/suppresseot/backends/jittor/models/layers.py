@@ -22,161 +22,157 @@ class GroupNorm(nn.GroupNorm):
     by one). Normalisation, affine and SiLU are one elementwise expression in the grouped shape, so jittor fuses
     them into one op: a reshape between them would end the fusion (one op and one pass over the activation more
     per norm, 61 norms a UNet pass).
-
-    The statistics come from a kernel (``group_moments``) and, with gradients, so do the backward's sums
-    (``GroupNormalized``), except while a static step records (``static_recording``): there they are plain
-    jittor ops, because vcompiler's replay of GroupNormalized's backward crashed the process on an H200.
     """
 
     def execute(self, x, silu=False):
         n, c, groups = x.shape[0], x.shape[1], self.num_groups
         g = x.float32().reshape((n, groups, c // groups, -1))
         per_channel = (1, groups, c // groups, 1)
-        if _static_recording and not jt.flags.no_grad:
-            normalized = _normalized_by_plain_ops(g, self.eps)
-        else:
-            normalized = GroupNormalized.apply(g, self.eps)
-        out = normalized * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
+        out = normalize_groups(g, self.eps) * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
         if silu:
             out = out * jt.sigmoid(out)
         return out.reshape(x.shape).cast(x.dtype)
 
 
-FLOAT64_GROUP_SIZE = 1 << 16  # plain-op statistics of groups larger than this are summed in float64
-_static_recording = False
+def normalize_groups(g, eps):
+    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)), statistics in kernels.
+
+    jittor's own reduction over a group's inner axes runs at 15-30 GB/s on an H200 (only n*G outputs to spread
+    over threads): 58 such mean/variance pairs took a quarter of a UNet forward's GPU time (docs/jittor.md), and
+    autodiff of broadcast statistics reduces twice more in the backward. Here one CUDA block takes a group,
+    summing in float64 (a VAE group holds up to 1M values at 512 px, where float32 sums drift by ~1e-4).
+
+    Without gradients: the statistics' kernel, and the normalisation as an elementwise op that jittor fuses with
+    the affine and SiLU after it. With gradients: one ``jt.code`` op that normalises and carries its backward as
+    ``cuda_grad_src`` (dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat))), so that vcompiler records and
+    replays it like any op. A ``jt.Function`` backward (Python, through tape ops) crashed vcompiler's replay on an
+    H200 (2026-12-03).
+    """
+    if jt.flags.no_grad:
+        mean, var = _per_group(g, [(1, 1), (1, 1)], _MOMENTS_CPU, _MOMENTS_CUDA)
+        return (g - mean) / _std(var, g.shape, eps)
+    return jt.code(g.shape, g.dtype, [g], data={"eps": float(eps)}, cpu_src=_NORMALIZE_CPU,
+                   cpu_grad_src=[_NORMALIZE_GRAD_CPU], cuda_src=_NORMALIZE_CUDA, cuda_grad_src=[_NORMALIZE_GRAD_CUDA],
+                   cuda_header=_cuda_header())
 
 
-class static_recording:
-    """While a static step records (backend.StaticStep), GroupNorm takes gradients through plain ops."""
-
-    def __enter__(self):
-        global _static_recording
-        self.before, _static_recording = _static_recording, True
-
-    def __exit__(self, *exc):
-        global _static_recording
-        _static_recording = self.before
+def _per_group(g, shapes, cpu_src, cuda_src):
+    """Per-(n, group) float32 statistics of ``g`` (float32, (n, G, ...)), one kernel (a CUDA block) per group."""
+    outs = [tuple(g.shape[:2]) + s for s in shapes]
+    return jt.code(outs, ["float32"] * len(outs), [g], cpu_src=cpu_src, cuda_src=cuda_src, cuda_header=_cuda_header())
 
 
-def _normalized_by_plain_ops(g, eps):
-    """(g - mean) / sqrt(var + eps) per group with jittor's own reductions, which autodiff handles (slowly on the
-    GPU). Large groups accumulate in float64: a VAE group at 512 px holds 0.5-1M values, where jittor's plain
-    float32 sum drifts by ~1e-4 relative."""
-    stats = g.cast("float64") if g.shape[2] * g.shape[3] > FLOAT64_GROUP_SIZE else g
-    mean = stats.mean(dims=(2, 3), keepdims=True)
-    centred = stats - mean
-    var = (centred * centred).mean(dims=(2, 3), keepdims=True)
-    if stats is not g:
-        mean, var = mean.cast("float32"), var.cast("float32")
-    return (g - mean) / _std(var, g.shape, eps)
+def _cuda_header():
+    """cub's block-wide sum, and ``block_sum`` on it (jt.code keeps only the kernels of a source outside the host
+    function, so what the kernels share goes in the header)."""
+    if not jt.flags.use_cuda:
+        return ""
+    return f"#include <{jt.compile_extern.cub_home}cub/cub.cuh>\n" + _CUDA_PRELUDE
 
 
-_CUB = "#include <{}cub/cub.cuh>"
 _GROUP_THREADS = 1024
 
-_MOMENTS_CPU = """
-int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
-for (int b = 0; b < groups; b++) {
-    const in0_type* x = in0_p + (size_t)b * len;
-    double sum = 0, sq = 0;
-    for (int i = 0; i < len; i++) sum += x[i];
-    double mean = sum / len;
+# The C++ below shares its pieces: the CPU loops one group at a time, the CUDA kernels one block a group with
+# cub's block-wide sum. Each kernel starts from the group's mean and variance, summed in double, two passes.
+_CPU_MOMENTS = """
+    double mean = 0, sq = 0;
+    for (int i = 0; i < len; i++) mean += x[i];
+    mean /= len;
     for (int i = 0; i < len; i++) { double d = x[i] - mean; sq += d * d; }
-    out0_p[b] = mean; out1_p[b] = sq / len;
-}
+    double var = sq / len;
 """
-_MOMENTS_CUDA = f"""
-__global__ void group_moments(const in0_type* x, out0_type* mean_out, out1_type* var_out, int len) {{
-    typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
-    __shared__ typename Reduce::TempStorage scratch;
-    __shared__ double mean;
-    x += (size_t)blockIdx.x * len;
+_CUDA_PRELUDE = f"""
+typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
+__device__ double block_sum(double value, Reduce::TempStorage& scratch, double* shared) {{
+    double total = Reduce(scratch).Sum(value);
+    if (threadIdx.x == 0) *shared = total;
+    __syncthreads();  // the total for every thread, and the scratch free again
+    return *shared;
+}}
+"""
+_CUDA_MOMENTS = f"""
+    __shared__ Reduce::TempStorage scratch;
+    __shared__ double shared;
     double acc = 0;
     #pragma unroll 8
     for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) acc += x[i];
-    double total = Reduce(scratch).Sum(acc);
-    if (threadIdx.x == 0) mean = total / len;
-    __syncthreads();
+    double mean = block_sum(acc, scratch, &shared) / len;
     acc = 0;
     #pragma unroll 8
     for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double d = x[i] - mean; acc += d * d; }}
-    total = Reduce(scratch).Sum(acc);
-    if (threadIdx.x == 0) {{ mean_out[blockIdx.x] = mean; var_out[blockIdx.x] = total / len; }}
-}}
-int groups = in0->shape[0] * in0->shape[1];
-group_moments<<<groups, {_GROUP_THREADS}>>>(in0_p, out0_p, out1_p, in0->num / groups);
-CHECK(0 == cudaGetLastError());
+    double var = block_sum(acc, scratch, &shared) / len;
 """
-# sum(dy) and sum(dy * xhat) per group, xhat = (x - mean) * rstd; inputs dy, x, mean, rstd
-_GRAD_SUMS_CPU = """
+_CPU_LOOP = """
 int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
 for (int b = 0; b < groups; b++) {
-    const in0_type* dy = in0_p + (size_t)b * len;
-    const in1_type* x = in1_p + (size_t)b * len;
-    double mean = in2_p[b], rstd = in3_p[b], s1 = 0, s2 = 0;
-    for (int i = 0; i < len; i++) { s1 += dy[i]; s2 += dy[i] * ((x[i] - mean) * rstd); }
-    out0_p[b] = s1; out1_p[b] = s2;
-}
+    size_t start = (size_t)b * len;
+    const in0_type* x = in0_p + start;
 """
-_GRAD_SUMS_CUDA = f"""
-__global__ void group_grad_sums(const in0_type* dy, const in1_type* x, const in2_type* mean, const in3_type* rstd,
-                                out0_type* s1_out, out1_type* s2_out, int len) {{
-    typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
-    __shared__ typename Reduce::TempStorage scratch;
-    size_t start = (size_t)blockIdx.x * len;
-    dy += start; x += start;
-    double m = mean[blockIdx.x], r = rstd[blockIdx.x], s1 = 0, s2 = 0;
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double g = dy[i]; s1 += g; s2 += g * ((x[i] - m) * r); }}
-    double total = Reduce(scratch).Sum(s1);
-    if (threadIdx.x == 0) s1_out[blockIdx.x] = total;
-    __syncthreads();
-    total = Reduce(scratch).Sum(s2);
-    if (threadIdx.x == 0) s2_out[blockIdx.x] = total;
-}}
+
+
+def _launch(kernel, args):
+    return f"""
 int groups = in0->shape[0] * in0->shape[1];
-group_grad_sums<<<groups, {_GROUP_THREADS}>>>(in0_p, in1_p, in2_p, in3_p, out0_p, out1_p, in0->num / groups);
+{kernel}<<<groups, {_GROUP_THREADS}>>>({args}, in0->num / groups);
 CHECK(0 == cudaGetLastError());
 """
 
 
-def _per_group(inputs, cpu_src, cuda_src):
-    """Two float32 (n, G, 1, 1) statistics of (n, G, ...) float32 inputs, one kernel (a CUDA block) per group."""
-    shape = tuple(inputs[0].shape[:2]) + (1, 1)
-    return jt.code([shape, shape], ["float32", "float32"], inputs, cpu_src=cpu_src, cuda_src=cuda_src,
-                   cuda_header=_CUB.format(jt.compile_extern.cub_home) if jt.flags.use_cuda else "")
+_MOMENTS_CPU = _CPU_LOOP + _CPU_MOMENTS + "    out0_p[b] = mean; out1_p[b] = var;\n}\n"
+_MOMENTS_CUDA = f"""
+__global__ void group_moments(const in0_type* x, out0_type* mean_out, out1_type* var_out, int len) {{
+    x += (size_t)blockIdx.x * len;
+{_CUDA_MOMENTS}
+    if (threadIdx.x == 0) {{ mean_out[blockIdx.x] = mean; var_out[blockIdx.x] = var; }}
+}}
+""" + _launch("group_moments", "in0_p, out0_p, out1_p")
 
+# normalise: y = (x - mean) * rstd, rstd = 1 / sqrt(var + eps) in float32 (as torch)
+_NORMALIZE_CPU = _CPU_LOOP + _CPU_MOMENTS + """
+    float m = mean, rstd = 1 / sqrtf((float)var + (float)data["eps"]);
+    out0_type* y = out0_p + start;
+    for (int i = 0; i < len; i++) y[i] = (x[i] - m) * rstd;
+}
+"""
+_NORMALIZE_CUDA = f"""
+__global__ void group_normalize(const in0_type* x, out0_type* y, float eps, int len) {{
+    size_t start = (size_t)blockIdx.x * len;
+    x += start; y += start;
+{_CUDA_MOMENTS}
+    float m = mean, rstd = 1 / sqrtf((float)var + eps);
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) y[i] = (x[i] - m) * rstd;
+}}
+""" + _launch("group_normalize", 'in0_p, out0_p, (float)data["eps"]')
 
-def group_moments(g):
-    """Mean and biased variance of each (n, group) of ``g`` (float32, (n, G, ...)), two-pass, summed in float64.
-
-    jittor's own reduction over a group's inner axes runs at 15-30 GB/s on an H200 (only n*G outputs to spread
-    over threads): 58 such mean/variance pairs took a quarter of a UNet forward's GPU time (docs/jittor.md).
-    One CUDA block a group reads it twice from L2. Summing in float64 also keeps large groups (the VAE's, up to
-    1M values) as exact as torch's.
-    """
-    return _per_group([g], _MOMENTS_CPU, _MOMENTS_CUDA)
-
-
-class GroupNormalized(jt.Function):
-    """(g - mean) / sqrt(var + eps) over each (n, group) of ``g`` (float32, (n, G, ...)): without gradients the
-    kernel's statistics and one fused op (a Function runs ``execute`` alone then); with them, its backward written
-    out so that its two per-group sums take a kernel too (autodiff of the broadcast statistics
-    would reduce with jittor's slow reduction, twice): dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
-    """
-
-    def execute(self, g, eps):
-        mean, var = group_moments(g)
-        self.saved = (g, mean, var, eps)
-        return (g - mean) / _std(var, g.shape, eps)
-
-    def grad(self, dy):
-        g, mean, var, eps = self.saved
-        rstd = 1 / jt.sqrt(var + eps)
-        s1, s2 = _per_group([dy, g, mean, rstd], _GRAD_SUMS_CPU, _GRAD_SUMS_CUDA)
-        size = g.numel() // (g.shape[0] * g.shape[1])
-        xhat = (g - mean) * rstd
-        return rstd * (dy - s1 / size - xhat * (s2 / size)), None
+# its gradient: inputs x (in0), dy (dout) and the output xhat (pout); dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+_NORMALIZE_GRAD_CPU = _CPU_LOOP + _CPU_MOMENTS + """
+    float rstd = 1 / sqrtf((float)var + (float)data["eps"]);
+    const dout_type* dy = dout_p + start;
+    const pout_type* xhat = pout_p + start;
+    out0_type* dx = out0_p + start;
+    double s1 = 0, s2 = 0;
+    for (int i = 0; i < len; i++) { s1 += dy[i]; s2 += (double)dy[i] * xhat[i]; }
+    float m1 = s1 / len, m2 = s2 / len;
+    for (int i = 0; i < len; i++) dx[i] = rstd * (dy[i] - m1 - xhat[i] * m2);
+}
+"""
+_NORMALIZE_GRAD_CUDA = f"""
+__global__ void group_normalize_grad(const in0_type* x, const dout_type* dy, const pout_type* xhat, out0_type* dx,
+                                     float eps, int len) {{
+    size_t start = (size_t)blockIdx.x * len;
+    x += start; dy += start; xhat += start; dx += start;
+{_CUDA_MOMENTS}
+    float rstd = 1 / sqrtf((float)var + eps);
+    double s1 = 0, s2 = 0;
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double g = dy[i]; s1 += g; s2 += g * xhat[i]; }}
+    float m1 = block_sum(s1, scratch, &shared) / len;
+    float m2 = block_sum(s2, scratch, &shared) / len;
+    #pragma unroll 8
+    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) dx[i] = rstd * (dy[i] - m1 - xhat[i] * m2);
+}}
+""" + _launch("group_normalize_grad", 'in0_p, dout_p, pout_p, out0_p, (float)data["eps"]')
 
 
 class LayerNorm(nn.LayerNorm):
