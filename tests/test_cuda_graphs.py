@@ -9,7 +9,7 @@ from torch.utils import _pytree as pytree
 
 from suppresseot.algorithm.ddim import DDIMSchedule, divide_by_scalar
 from suppresseot.algorithm.pipeline import adam_scalars
-from suppresseot.backends.cuda_graphs import step_key
+from suppresseot.backends.step_cache import step_key
 from suppresseot.config import InversionSettings
 
 pytest.importorskip("diffusers")
@@ -104,8 +104,6 @@ def test_every_step_is_a_pure_function_of_tensors_and_numbers(small_model_dir):
 
 
 def test_step_key_tells_closures_apart_by_what_they_capture():
-    from suppresseot.backends.cuda_graphs import step_key
-
     backend = object()
 
     def make(scale, schedule, tensor=None):

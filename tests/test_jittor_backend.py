@@ -145,7 +145,8 @@ def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):
     numbers (vcompiler keys graphs on numbers: one graph per step function, not per timestep), recording it
     runs nothing (vcompiler asserts that jt.flags.exec_called does not move), and results stay the eager ones
     within float rounding (the coefficients become Vars: division becomes multiplication by the reciprocal).
-    A photo with null-text and ITO passes through every kind of step."""
+    A photo with null-text and ITO passes through every kind of step. A second photo replays the steps the
+    first one recorded (as the PyTorch backend keeps its CUDA graphs): nothing is recorded anew."""
     from suppresseot.config import InversionSettings
 
     jittor, _ = models
@@ -162,7 +163,11 @@ def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):
         assert value is None or isinstance(value, str), f"{type(value).__name__} {value!r} in a static step"
         return value
 
+    builds = []
+
     def recording_build(record):
+        builds.append(record)
+
         def call(*args):
             jt.sync_all(True)
             before = jt.flags.exec_called
@@ -177,8 +182,13 @@ def test_static_steps_keep_vcompilers_contract_and_the_results(models, photo):
     backend.static_graphs, backend.record_step = True, recording_build
     try:
         static = jittor.edit(photo, PROMPT, "glasses", inversion=null_text, **SHORT)
+        recorded = len(builds)
+        again = jittor.edit(photo, PROMPT, "glasses", inversion=null_text, **SHORT)
     finally:
         backend.static_graphs, backend.record_step = False, None
+        backend.release_cache(graphs=True)
+    assert recorded == 7 and len(builds) == 7  # the second photo's steps: the first one's
+    assert np.array_equal(again.final_latents, static.final_latents)
     assert sorted(step.fn.__name__ for step in signatures) == [
         "conditional_noise", "denoising_step", "denoising_step", "inversion_step", "optimization_step",
         "optimization_step", "reference_maps"]

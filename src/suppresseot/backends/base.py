@@ -87,7 +87,8 @@ class Backend(Protocol):
 
         ``fn`` takes tensors, Python numbers and tuples/lists/dicts of those, and returns the same kinds;
         it must be pure (all it reads that changes between calls comes in as an argument). The PyTorch
-        backend replays a captured CUDA graph; other backends return ``fn``.
+        backend replays a captured CUDA graph, the Jittor backend on CUDA a static graph (both kept for
+        later images, see ``step_cache``); otherwise ``fn`` itself.
         """
 
     # --- bookkeeping --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 from ..algorithm.attention import FORWARD_ORDER
 from ..errors import BackendUnavailable, SuppressEOTError
 from .base import sample_sizes
+from .step_cache import StepCache, step_key
 
 try:
     import torch
@@ -162,9 +163,6 @@ class HostResident:
                 tensor.data = host
 
 
-GRAPH_CACHE_SIZE = 32  # captured steps kept for later images (a photo with null-text and ITO uses 7)
-
-
 class _MapsRecorded(Exception):
     """Ends a UNet pass early once every map its recorder keeps exists (see ``record_attention``)."""
 
@@ -226,7 +224,7 @@ class TorchBackend:
         self.cuda_graphs = (True if cuda_graphs is None else bool(cuda_graphs)) and on_gpu
         self._graph_steps = weakref.WeakSet()  # live graphed steps, which share a memory pool
         # Captured graphs are kept for later images (see compile_step), the most recently used last
-        self._step_cache: dict = {}
+        self._step_cache = StepCache()
         self._replay_allocated = 0  # the allocator's count at the busiest replay since the last peak reset
         self._captures_at_reset = -1  # graph captures counted at that reset (-1: never reset)
         if on_gpu:
@@ -473,21 +471,18 @@ class TorchBackend:
         change them in place (``load_state_dict``), not by assigning new tensors, or load a new backend."""
         if not self.cuda_graphs:
             return fn
-        from .cuda_graphs import GraphedStep, step_key
+        from .cuda_graphs import GraphedStep
 
         key = step_key(fn, same=(self,))
         if key is not None:
             key = (key, self._graph_settings())
-            step = self._step_cache.pop(key, None)
+            step = self._step_cache.get(key)
             if step is not None:
                 step.fn = fn  # equal to the captured one; used if new argument shapes need a new capture
-                self._step_cache[key] = step
                 return step
         step = GraphedStep(fn, self.device, self._graph_steps, on_replay=self._note_replay)
         if key is not None:
-            self._step_cache[key] = step
-            while len(self._step_cache) > GRAPH_CACHE_SIZE:
-                del self._step_cache[next(iter(self._step_cache))]
+            self._step_cache.put(key, step)
         return step
 
     def _graph_settings(self) -> tuple:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import SuppressEOTError
 from ..base import sample_sizes
+from ..step_cache import StepCache, step_key
 from .env import import_jittor, jittor_info
 from .loading import load_component
 
@@ -78,6 +79,7 @@ class JittorBackend:
         # batch-2 one, so sampling runs guidance's two halves together
         self.one_pass_guidance = bool(one_pass_guidance)
         self.record_step = None  # how static steps are recorded: jittor.vcompiler.build (set on first use)
+        self._step_cache = StepCache()  # recorded steps kept for later images (see compile_step)
         self._tracing = False  # True while a step is being recorded: nothing may run, so no jt.sync
 
     # --- models -------------------------------------------------------------------------------
@@ -182,7 +184,10 @@ class JittorBackend:
         return self.jt.no_grad()
 
     def compile_step(self, fn):
-        """``fn`` itself (jittor fuses and caches kernels), or with static graphs a ``StaticStep``."""
+        """``fn`` itself (jittor fuses and caches kernels), or with static graphs a ``StaticStep``, kept for
+        later images as the PyTorch backend keeps its CUDA graphs: a closure of the same code over equal
+        values (``step_key``) replays the graphs an earlier image recorded instead of recording its own (a
+        photo with null-text records 7 steps, each a graph build and fusion of a whole UNet pass)."""
         if not self.static_graphs:
             return fn
         if self.record_step is None:
@@ -199,15 +204,27 @@ class JittorBackend:
                 self.static_graphs = False
                 return fn
             self.record_step = vcompiler.build
-        return StaticStep(self, fn, self.record_step)
+        key = step_key(fn, same=(self,))
+        if key is not None:  # what the UNet bakes into a recorded graph besides the function: its attention
+            key = (key, self.recompute_attention, self.record_step)
+            step = self._step_cache.get(key)
+            if step is not None:
+                step.fn = fn  # equal to the recorded one; used if new argument shapes need a new recording
+                return step
+        step = StaticStep(self, fn, self.record_step)
+        if key is not None:
+            self._step_cache.put(key, step)
+        return step
 
     # --- bookkeeping --------------------------------------------------------------------------
     def synchronize(self) -> None:
         self.jt.sync_all(True)
 
-    def release_cache(self, graphs: bool = False) -> None:  # no captured graphs here
+    def release_cache(self, graphs: bool = False) -> None:
         import gc
 
+        if graphs:
+            self._step_cache.clear()
         gc.collect()
         self.jt.gc()
 
@@ -236,7 +253,8 @@ class StaticStep:
     Adam coefficients, ITO's step size) come in as float32 Vars and one graph serves every step; the step
     must trigger no execution while it is recorded, so the backend skips its ``jt.sync`` calls then. A
     Var made from numpy inside the step would be replayed with wrong values (the UNet makes its constants
-    beforehand). The pipeline builds its step functions anew for every image, so each image records its own.
+    beforehand). The pipeline builds its step functions anew for every image; the backend hands an equal
+    closure the step an earlier image recorded (``JittorBackend.compile_step``).
     """
 
     def __init__(self, backend: JittorBackend, fn, build):
