@@ -71,7 +71,7 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
 # that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
 # STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probe_conv.py),
-# profile (benchmarks/profile_jittor.py), bench, study, report (a few study cases on both backends for the
+# gnprobe (Jittor's GroupNorm kernels alone, benchmarks/probe_groupnorm.py), profile (benchmarks/profile_jittor.py), bench, study, report (a few study cases on both backends for the
 # study report's table), steps (e.g. STEPS=profile for
 # the Jittor profile alone; "steps" adds
 # benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
@@ -98,6 +98,13 @@ for v in ${CONVPROBE:-torch-1-nchw torch-0-nchw torch-1-nhwc jittor cudnn-setup 
       --out "$RESULTS/convprobe/$v.json" >> "$W/convprobe.log" 2>&1 ;;
   esac
   say "  $v: rc $?"
+done
+fi
+if [[ $STEPS == *" gnprobe "* ]]; then
+say "GroupNorm kernels alone (benchmarks/probe_groupnorm.py), batch 1 and 2"
+for b in 1 2; do
+  PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_groupnorm.py --batch $b >> "$W/gnprobe.log" 2>&1
+  say "  batch $b: rc $?"
 done
 fi
 if [[ $STEPS == *" profile "* ]]; then

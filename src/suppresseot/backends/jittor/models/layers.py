@@ -39,114 +39,56 @@ def normalize_groups(g, eps):
 
     jittor's own reduction over a group's inner axes runs at 15-30 GB/s on an H200 (only n*G outputs to spread
     over threads): 58 such mean/variance pairs took a quarter of a UNet forward's GPU time (docs/jittor.md), and
-    autodiff of broadcast statistics reduces twice more in the backward. Here one CUDA block takes a group,
-    summing in float64 (a VAE group holds up to 1M values at 512 px, where float32 sums drift by ~1e-4).
+    autodiff of broadcast statistics reduces twice more in the backward. Here the sums are float64 (a VAE group
+    holds up to 1M values at 512 px, where float32 sums drift by ~1e-4), and on CUDA each group is split over
+    several blocks (``_CUDA_HEADER``): at batch 1 a UNet norm has only 32 groups for the GPU's 132 SMs.
 
-    Without gradients: the statistics' kernel, and the normalisation as an elementwise op that jittor fuses with
+    Without gradients: the statistics' op, and the normalisation as an elementwise op that jittor fuses with
     the affine and SiLU after it. With gradients: one ``jt.code`` op that normalises and carries its backward as
     ``cuda_grad_src`` (dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat))), so that vcompiler records and
     replays it like any op. A ``jt.Function`` backward (Python, through tape ops) crashed vcompiler's replay on an
     H200 (2026-12-03).
     """
     if jt.flags.no_grad:
-        mean, var = _per_group(g, [(1, 1), (1, 1)], _MOMENTS_CPU, _MOMENTS_CUDA)
+        groups = tuple(g.shape[:2]) + (1, 1)
+        mean, var = jt.code([groups, groups], ["float32", "float32"], [g], cpu_src=_MOMENTS_CPU,
+                            cuda_src=_MOMENTS_CUDA, cuda_header=_cuda_header())
         return (g - mean) / _std(var, g.shape, eps)
     return jt.code(g.shape, g.dtype, [g], data={"eps": float(eps)}, cpu_src=_NORMALIZE_CPU,
                    cpu_grad_src=[_NORMALIZE_GRAD_CPU], cuda_src=_NORMALIZE_CUDA, cuda_grad_src=[_NORMALIZE_GRAD_CUDA],
                    cuda_header=_cuda_header())
 
 
-def _per_group(g, shapes, cpu_src, cuda_src):
-    """Per-(n, group) float32 statistics of ``g`` (float32, (n, G, ...)), one kernel (a CUDA block) per group."""
-    outs = [tuple(g.shape[:2]) + s for s in shapes]
-    return jt.code(outs, ["float32"] * len(outs), [g], cpu_src=cpu_src, cuda_src=cuda_src, cuda_header=_cuda_header())
-
-
 def _cuda_header():
-    """cub's block-wide sum, and ``block_sum`` on it (jt.code keeps only the kernels of a source outside the host
-    function, so what the kernels share goes in the header)."""
+    """cub and the kernels the ops share (jt.code moves only a source's leading kernels out of its host function,
+    and only plain ``__global__`` ones, so templates and helpers go in the header)."""
     if not jt.flags.use_cuda:
         return ""
-    return f"#include <{jt.compile_extern.cub_home}cub/cub.cuh>\n" + _CUDA_PRELUDE
+    return f"#include <{jt.compile_extern.cub_home}cub/cub.cuh>\n" + _CUDA_HEADER
 
 
-_GROUP_THREADS = 1024
-
-# The C++ below shares its pieces: the CPU loops one group at a time, the CUDA kernels one block a group with
-# cub's block-wide sum. Each kernel starts from the group's mean and variance, summed in double, two passes.
-_CPU_MOMENTS = """
+# The CPU loops one group at a time, two passes in double (the tests' reference for the kernels).
+_CPU_LOOP = """
+int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
+for (int b = 0; b < groups; b++) {
+    size_t start = (size_t)b * len;
+    const in0_type* x = in0_p + start;
     double mean = 0, sq = 0;
     for (int i = 0; i < len; i++) mean += x[i];
     mean /= len;
     for (int i = 0; i < len; i++) { double d = x[i] - mean; sq += d * d; }
     double var = sq / len;
 """
-_CUDA_PRELUDE = f"""
-typedef cub::BlockReduce<double, {_GROUP_THREADS}> Reduce;
-__device__ double block_sum(double value, Reduce::TempStorage& scratch, double* shared) {{
-    double total = Reduce(scratch).Sum(value);
-    if (threadIdx.x == 0) *shared = total;
-    __syncthreads();  // the total for every thread, and the scratch free again
-    return *shared;
-}}
-"""
-_CUDA_MOMENTS = f"""
-    __shared__ Reduce::TempStorage scratch;
-    __shared__ double shared;
-    double acc = 0;
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) acc += x[i];
-    double mean = block_sum(acc, scratch, &shared) / len;
-    acc = 0;
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double d = x[i] - mean; acc += d * d; }}
-    double var = block_sum(acc, scratch, &shared) / len;
-"""
-_CPU_LOOP = """
-int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
-for (int b = 0; b < groups; b++) {
-    size_t start = (size_t)b * len;
-    const in0_type* x = in0_p + start;
-"""
-
-
-def _launch(kernel, args):
-    return f"""
-int groups = in0->shape[0] * in0->shape[1];
-{kernel}<<<groups, {_GROUP_THREADS}>>>({args}, in0->num / groups);
-CHECK(0 == cudaGetLastError());
-"""
-
-
-_MOMENTS_CPU = _CPU_LOOP + _CPU_MOMENTS + "    out0_p[b] = mean; out1_p[b] = var;\n}\n"
-_MOMENTS_CUDA = f"""
-__global__ void group_moments(const in0_type* x, out0_type* mean_out, out1_type* var_out, int len) {{
-    x += (size_t)blockIdx.x * len;
-{_CUDA_MOMENTS}
-    if (threadIdx.x == 0) {{ mean_out[blockIdx.x] = mean; var_out[blockIdx.x] = var; }}
-}}
-""" + _launch("group_moments", "in0_p, out0_p, out1_p")
-
+_MOMENTS_CPU = _CPU_LOOP + "    out0_p[b] = mean; out1_p[b] = var;\n}\n"
 # normalise: y = (x - mean) * rstd, rstd = 1 / sqrt(var + eps) in float32 (as torch)
-_NORMALIZE_CPU = _CPU_LOOP + _CPU_MOMENTS + """
+_NORMALIZE_CPU = _CPU_LOOP + """
     float m = mean, rstd = 1 / sqrtf((float)var + (float)data["eps"]);
     out0_type* y = out0_p + start;
     for (int i = 0; i < len; i++) y[i] = (x[i] - m) * rstd;
 }
 """
-_NORMALIZE_CUDA = f"""
-__global__ void group_normalize(const in0_type* x, out0_type* y, float eps, int len) {{
-    size_t start = (size_t)blockIdx.x * len;
-    x += start; y += start;
-{_CUDA_MOMENTS}
-    float m = mean, rstd = 1 / sqrtf((float)var + eps);
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) y[i] = (x[i] - m) * rstd;
-}}
-""" + _launch("group_normalize", 'in0_p, out0_p, (float)data["eps"]')
-
 # its gradient: inputs x (in0), dy (dout) and the output xhat (pout); dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
-_NORMALIZE_GRAD_CPU = _CPU_LOOP + _CPU_MOMENTS + """
+_NORMALIZE_GRAD_CPU = _CPU_LOOP + """
     float rstd = 1 / sqrtf((float)var + (float)data["eps"]);
     const dout_type* dy = dout_p + start;
     const pout_type* xhat = pout_p + start;
@@ -157,22 +99,117 @@ _NORMALIZE_GRAD_CPU = _CPU_LOOP + _CPU_MOMENTS + """
     for (int i = 0; i < len; i++) dx[i] = rstd * (dy[i] - m1 - xhat[i] * m2);
 }
 """
-_NORMALIZE_GRAD_CUDA = f"""
-__global__ void group_normalize_grad(const in0_type* x, const dout_type* dy, const pout_type* xhat, out0_type* dx,
-                                     float eps, int len) {{
-    size_t start = (size_t)blockIdx.x * len;
-    x += start; dy += start; xhat += start; dx += start;
-{_CUDA_MOMENTS}
-    float rstd = 1 / sqrtf((float)var + eps);
-    double s1 = 0, s2 = 0;
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) {{ double g = dy[i]; s1 += g; s2 += g * xhat[i]; }}
-    float m1 = block_sum(s1, scratch, &shared) / len;
-    float m2 = block_sum(s2, scratch, &shared) / len;
-    #pragma unroll 8
-    for (int i = threadIdx.x; i < len; i += {_GROUP_THREADS}) dx[i] = rstd * (dy[i] - m1 - xhat[i] * m2);
-}}
-""" + _launch("group_normalize_grad", 'in0_p, dout_p, pout_p, out0_p, (float)data["eps"]')
+
+# CUDA: a group is cut into slices of ~GN_SLICE values, a block a slice (grid: slices x groups). A first kernel
+# writes each slice's float64 sums (x and x^2; with the gradient also dy and dy*xhat) to a scratch array, a
+# second reads its group's slices and does the elementwise work; the variance is E[x^2] - mean^2 in float64.
+_CUDA_HEADER = r"""
+#define GN_THREADS 256
+#define GN_SLICE 2048
+#define GN_MAX_SLICES 64
+#define GN_CAPACITY (1 << 18)
+typedef cub::BlockReduce<double, GN_THREADS> GnReduce;
+static __device__ double gn_partials[GN_CAPACITY];
+
+static int gn_slices(int groups, int len) {
+    int slices = len / GN_SLICE;
+    slices = slices < 1 ? 1 : slices > GN_MAX_SLICES ? GN_MAX_SLICES : slices;
+    while (slices > 1 && (long long)groups * slices * 4 > GN_CAPACITY) slices--;
+    return slices;
+}
+
+// block (s, g): the float64 sums of slice s of group g. K = 2: x, x^2; K = 4: also dy, dy * xhat
+template <int K>
+__global__ void gn_partial_sums(const float* x, const float* dy, const float* xhat, int len) {
+    __shared__ typename GnReduce::TempStorage scratch;
+    int slices = gridDim.x, s = blockIdx.x, g = blockIdx.y, chunk = (len + slices - 1) / slices;
+    int lo = s * chunk, hi = min(len, lo + chunk);
+    size_t base = (size_t)g * len;
+    double acc[K];
+    for (int k = 0; k < K; k++) acc[k] = 0;
+    for (int i = lo + threadIdx.x; i < hi; i += GN_THREADS) {
+        double v = x[base + i];
+        acc[0] += v; acc[1] += v * v;
+        if (K == 4) { double d = dy[base + i]; acc[2] += d; acc[K - 1] += d * xhat[base + i]; }
+    }
+    for (int k = 0; k < K; k++) {
+        double total = GnReduce(scratch).Sum(acc[k]);
+        if (threadIdx.x == 0) gn_partials[((size_t)g * slices + s) * K + k] = total;
+        __syncthreads();  // the scratch free again
+    }
+}
+
+// group g's sums over its slices, divided by len: mean, E[x^2] (, mean dy, mean dy * xhat)
+template <int K>
+__device__ void gn_means(int g, int slices, int len, double* out) {
+    for (int k = 0; k < K; k++) out[k] = 0;
+    for (int s = 0; s < slices; s++)
+        for (int k = 0; k < K; k++) out[k] += gn_partials[((size_t)g * slices + s) * K + k];
+    for (int k = 0; k < K; k++) out[k] /= len;
+}
+
+__global__ void gn_moments(float* mean, float* var, int groups, int slices, int len) {
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= groups) return;
+    double m[2];
+    gn_means<2>(g, slices, len, m);
+    double v = m[1] - m[0] * m[0];
+    mean[g] = m[0]; var[g] = v > 0 ? v : 0;
+}
+
+__global__ void gn_normalize(const float* x, float* y, float eps, int len) {
+    __shared__ float coef[2];
+    int slices = gridDim.x, s = blockIdx.x, g = blockIdx.y, chunk = (len + slices - 1) / slices;
+    if (threadIdx.x == 0) {
+        double m[2];
+        gn_means<2>(g, slices, len, m);
+        double v = m[1] - m[0] * m[0];
+        coef[0] = m[0]; coef[1] = 1 / sqrtf((float)(v > 0 ? v : 0) + eps);
+    }
+    __syncthreads();
+    float mean = coef[0], rstd = coef[1];
+    size_t base = (size_t)g * len;
+    for (int i = s * chunk + threadIdx.x; i < min(len, (s + 1) * chunk); i += GN_THREADS)
+        y[base + i] = (x[base + i] - mean) * rstd;
+}
+
+__global__ void gn_normalize_grad(const float* dy, const float* xhat, float* dx, float eps, int len) {
+    __shared__ float coef[3];
+    int slices = gridDim.x, s = blockIdx.x, g = blockIdx.y, chunk = (len + slices - 1) / slices;
+    if (threadIdx.x == 0) {
+        double m[4];
+        gn_means<4>(g, slices, len, m);
+        double v = m[1] - m[0] * m[0];
+        coef[0] = 1 / sqrtf((float)(v > 0 ? v : 0) + eps); coef[1] = m[2]; coef[2] = m[3];
+    }
+    __syncthreads();
+    float rstd = coef[0], m1 = coef[1], m2 = coef[2];
+    size_t base = (size_t)g * len;
+    for (int i = s * chunk + threadIdx.x; i < min(len, (s + 1) * chunk); i += GN_THREADS)
+        dx[base + i] = rstd * (dy[base + i] - m1 - xhat[base + i] * m2);
+}
+"""
+_CUDA_SETUP = """
+int groups = in0->shape[0] * in0->shape[1], len = in0->num / groups;
+CHECK(groups < 65536) << "GroupNorm kernels: too many (sample, group) pairs" << groups;
+int slices = gn_slices(groups, len);
+dim3 grid(slices, groups);
+"""
+_MOMENTS_CUDA = _CUDA_SETUP + """
+gn_partial_sums<2><<<grid, GN_THREADS>>>(in0_p, nullptr, nullptr, len);
+gn_moments<<<(groups + 255) / 256, 256>>>(out0_p, out1_p, groups, slices, len);
+CHECK(0 == cudaGetLastError());
+"""
+_NORMALIZE_CUDA = _CUDA_SETUP + """
+gn_partial_sums<2><<<grid, GN_THREADS>>>(in0_p, nullptr, nullptr, len);
+gn_normalize<<<grid, GN_THREADS>>>(in0_p, out0_p, (float)data["eps"], len);
+CHECK(0 == cudaGetLastError());
+"""
+_NORMALIZE_GRAD_CUDA = _CUDA_SETUP + """
+gn_partial_sums<4><<<grid, GN_THREADS>>>(in0_p, dout_p, pout_p, len);
+gn_normalize_grad<<<grid, GN_THREADS>>>(dout_p, pout_p, out0_p, (float)data["eps"], len);
+CHECK(0 == cudaGetLastError());
+"""
 
 
 class LayerNorm(nn.LayerNorm):
