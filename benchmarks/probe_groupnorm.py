@@ -7,14 +7,14 @@ against float64 numpy. Usage (on the GPU, in the jittor environment; see benchma
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from profile_jittor import wall_ms  # noqa: E402  (it puts the checkout's src on the path)
 
 from suppresseot.backends.jittor.env import import_jittor  # noqa: E402
 
@@ -38,18 +38,6 @@ def reference(x, dy):
     y = (x - mean) * rstd
     dx = rstd * (dy - dy.mean(axis=(2, 3), keepdims=True) - y * (dy * y).mean(axis=(2, 3), keepdims=True))
     return y, dx
-
-
-def timed(jt, fn, repeats):
-    fn()
-    jt.sync_all(True)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        jt.sync_all(True)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -87,7 +75,7 @@ def main() -> None:
             def run(fn=forward_backward):
                 jt.sync(list(fn()))
 
-            row += [timed(jt, forward, args.repeats), timed(jt, run, args.repeats)]
+            row += [wall_ms(jt, forward, args.repeats), wall_ms(jt, run, args.repeats)]
             y, dx = forward_backward()
             errors.append(f"{np.abs(y.numpy() - y_ref).max():.1e} / {np.abs(dx.numpy() - dx_ref).max():.1e}")
         print(f"| {channels} x {side}^2 | {row[0]:.3f} | {row[2]:.3f} | {row[1]:.3f} | {row[3]:.3f} | {errors[0]} "

@@ -444,10 +444,10 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
             ("attention", "scores in float32; without gradients in chunks of queries where a layer's scores would "
                           "pass layers.MAX_SCORES_BYTES"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
-            ("static graphs", "on (jittor.vcompiler records each step once and replays it; --no-static-graphs: "
-                              "eager; docs/jittor.md)"),
-            ("GroupNorm", "statistics, and with gradients the backward, in kernels of their own "
-                          "(layers.normalize_groups)"),
+            ("static graphs", "on (jittor.vcompiler records each step once and replays it, for later images too; "
+                              "--no-static-graphs: eager; docs/jittor.md)"),
+            ("GroupNorm", "statistics, and with gradients the backward, in kernels of their own, a group over "
+                          "several CUDA blocks (layers.normalize_groups)"),
             ("CUDA graphs", "none: jittor exposes no stream to capture")]
 
 
