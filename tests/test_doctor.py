@@ -153,7 +153,7 @@ def test_speed_features_say_what_the_gpu_path_would_use(monkeypatch):
     on = features()
     assert on["device"] == "CUDA 13.0" and on["convolutions"].startswith("cuDNN 9.19.0")
     assert "layers.permute" in on["transposes"] and "--no-static-graphs" in on["static graphs"]
-    assert "one UNet pass" in on["guidance"] and "MAX_SCORES_BYTES" in on["attention"]
+    assert "one UNet pass" in on["guidance"] and "SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB" in on["attention"]
     assert "--fix-jittor" in features(patch="not applied")["convolutions"]
     assert features(version="12.4", cudnn=(cudnn8,), patch="not applied")["convolutions"].startswith("cuDNN 8.9.7")
     assert "no cuDNN" in features(cudnn=())["convolutions"]

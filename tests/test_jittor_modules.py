@@ -6,6 +6,7 @@ new op shape makes jittor compile (seconds each on 2 cores).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -398,7 +399,8 @@ def test_attention_recomputed_in_the_backward_pass_matches_autodiff_and_keeps_no
 
 
 def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores_budget(tmp_path):
-    """``attend``: where a layer's scores would pass ``MAX_SCORES_BYTES`` and no gradient is taken, chunks of
+    """``attend``: where a layer's scores would pass the chunk budget ($SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB) and no
+    gradient is taken, chunks of
     queries give the same values with a peak of about two chunks' scores instead of the whole layer's scores and
     probabilities (each run in a child process: jittor's memory profiler maximum cannot be reset); with gradients
     it is one piece (every chunk's probabilities would be kept anyway)."""
@@ -408,7 +410,6 @@ def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores
         from suppresseot.backends.jittor.env import import_jittor, peak_live_bytes
         from suppresseot.backends.jittor.models import layers
         jt = import_jittor("cpu")
-        layers.MAX_SCORES_BYTES = int(sys.argv[1])
         rng = np.random.default_rng(0)
         q, k, v = (jt.array(rng.standard_normal((8, 1024, 16)).astype(np.float32)) for _ in range(3))
         jt.sync_all(True)
@@ -419,15 +420,15 @@ def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores
         jt.flags.profile_memory_enable = 0
         with jt.profile_scope() as report:  # with gradients: as many bmm ops as one piece has
             jt.grad((layers.attend(q * 0.25, k, v) * 2).sum(), q).sync()
-        np.save(sys.argv[2], out)
+        np.save(sys.argv[1], out)
         print(peak, sum(int(r[report[0].index("Count")]) for r in report[1:]))
     """)
     scores = 8 * 1024 * 1024 * 4
     results = {}
     for budget in (scores, scores // 4):
         path = tmp_path / f"{budget}.npy"
-        proc = subprocess.run([sys.executable, "-c", code, str(budget), str(path)], capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB": str(budget >> 20)})
         assert proc.returncode == 0, proc.stderr[-2000:]
         peak, grad_ops = map(int, proc.stdout.split()[-2:])
         results[budget] = (peak, grad_ops, np.load(path))
@@ -436,6 +437,19 @@ def test_attention_without_gradients_goes_in_chunks_of_queries_within_the_scores
     assert whole[0] >= 2 * scores, whole[0]  # scores and probabilities alive together
     assert chunked[0] <= 2 * (scores // 4) + 4 * 1024 * 1024, chunked[0]  # two chunks' worth and the inputs
     assert chunked[1] == whole[1]  # the gradient pass made the same ops: no chunks
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+def test_a_bad_attention_chunk_budget_is_one_clear_line(monkeypatch, value):
+    from suppresseot.backends.jittor.models import layers
+    from suppresseot.errors import SuppressEOTError
+
+    monkeypatch.setenv("SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB", value)
+    with pytest.raises(SuppressEOTError, match="SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB=.*whole number of MiB") as err:
+        layers.attention_chunk_bytes()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB", " 256 ")
+    assert layers.attention_chunk_bytes() == 256 << 20
 
 
 def nn_bmm(a, b):

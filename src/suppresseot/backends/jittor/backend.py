@@ -15,6 +15,7 @@ from ..base import sample_sizes
 from ..step_cache import StepCache, step_key
 from .env import import_jittor, jittor_info
 from .loading import load_component
+from .models.layers import attention_chunk_bytes
 
 
 def initial_noise(seed: int, latent_size: int = 64) -> tuple[np.ndarray, str]:
@@ -39,6 +40,7 @@ class JittorBackend:
             device = "cuda"
         if device not in ("auto", "cpu", "cuda"):
             raise SuppressEOTError(f"unknown device {device!r}: use auto, cpu or cuda")
+        attention_chunk_bytes()  # a bad $SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB fails here, before loading
         from ...families import detect_family
 
         self.family = detect_family(model_dir)
@@ -206,7 +208,7 @@ class JittorBackend:
             self.record_step = vcompiler.build
         key = step_key(fn, same=(self,))
         if key is not None:  # what the UNet bakes into a recorded graph besides the function: its attention
-            key = (key, self.recompute_attention, self.record_step)
+            key = (key, self.recompute_attention, attention_chunk_bytes(), self.record_step)
             step = self._step_cache.get(key)
             if step is not None:
                 step.fn = fn  # equal to the recorded one; used if new argument shapes need a new recording

@@ -442,7 +442,7 @@ def speed_features(info: dict) -> list[tuple[str, str]]:
              "fused into GPU kernels by layers.permute (cuTT off: it would be downloaded at build time)"),
             ("guidance", "both halves in one UNet pass while sampling (one_pass_guidance)"),
             ("attention", "scores in float32; without gradients in chunks of queries where a layer's scores would "
-                          "pass layers.MAX_SCORES_BYTES"),
+                          "pass the chunk budget (1 GiB; $SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB)"),
             ("attention backward", "stores the probabilities (JittorBackend(recompute_attention=True): recompute)"),
             ("static graphs", "on (jittor.vcompiler records each step once and replays it, for later images too; "
                               "--no-static-graphs: eager; docs/jittor.md)"),

@@ -8,8 +8,12 @@ layers are written to fuse (see GroupNorm, _std, Attention._split).
 """
 from __future__ import annotations
 
+import os
+
 import jittor as jt
 from jittor import nn
+
+from ....errors import SuppressEOTError
 
 # -- normalisation --------------------------------------------------------------------------------
 
@@ -261,12 +265,25 @@ def attention_probabilities(q, k):
     return nn.softmax(nn.bmm_transpose(q, k).float32(), dim=-1)
 
 
-MAX_SCORES_BYTES = 1 << 30  # larger (B*heads, queries, keys) float32 scores are made in chunks of queries (see attend)
+CHUNK_VARIABLE = "SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB"
+
+
+def attention_chunk_bytes() -> int:
+    """The budget for one chunk of a layer's attention scores without gradients (``layers.attend``): 1 GiB, or
+    ``$SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB`` MiB. The peak holds two chunks (scores and probabilities): less
+    memory, more (smaller) ops."""
+    value = os.environ.get(CHUNK_VARIABLE, "").strip()
+    if not value:
+        return 1 << 30
+    if not value.isdigit() or int(value) == 0:
+        raise SuppressEOTError(f"{CHUNK_VARIABLE}={value!r}: give a whole number of MiB above 0 (default 1024), "
+                               "or unset it")
+    return int(value) << 20
 
 
 def attend(q, k, v):
     """softmax(q k^T) v (q scaled); without gradients, in chunks of queries whose scores take at most
-    ``MAX_SCORES_BYTES`` each.
+    ``attention_chunk_bytes()`` each (1 GiB unless ``$SUPPRESSEOT_JITTOR_ATTENTION_CHUNK_MIB`` says otherwise).
 
     A layer's scores and probabilities are alive together, and nothing else in a pass is as large: at batch 4
     (both halves of guidance in one pass) an SD 1.x 64x64 self-attention holds 2 GiB of each, which made the
@@ -274,7 +291,7 @@ def attend(q, k, v):
     2 x the budget; with gradients every chunk's probabilities would be kept anyway, so they go in one piece.
     """
     rows, queries, keys = q.shape[0], q.shape[1], k.shape[1]
-    chunks = -(-rows * queries * keys * 4 // MAX_SCORES_BYTES)
+    chunks = -(-rows * queries * keys * 4 // attention_chunk_bytes())
     if chunks <= 1 or not jt.flags.no_grad:
         return nn.bmm(attention_probabilities(q, k).cast(v.dtype), v)
     step = -(-queries // chunks)
