@@ -71,16 +71,19 @@ class StepCache:
     def __init__(self, size: int = 32):
         self.size, self.steps = size, {}
 
-    def get(self, key):
-        step = self.steps.pop(key, None)
+    def step(self, fn, key, make):
+        """The step kept under ``key``, now for ``fn`` (equal to the one it recorded: it records again if new
+        argument shapes come), else ``make(fn)``, kept unless ``key`` is None (an uncachable closure)."""
+        step = None if key is None else self.steps.pop(key, None)
         if step is not None:
+            step.fn = fn
+        else:
+            step = make(fn)
+        if key is not None:
             self.steps[key] = step
+            while len(self.steps) > self.size:
+                del self.steps[next(iter(self.steps))]
         return step
-
-    def put(self, key, step) -> None:
-        self.steps[key] = step
-        while len(self.steps) > self.size:
-            del self.steps[next(iter(self.steps))]
 
     def clear(self) -> None:
         self.steps.clear()

@@ -474,16 +474,8 @@ class TorchBackend:
         from .cuda_graphs import GraphedStep
 
         key = step_key(fn, same=(self,))
-        if key is not None:
-            key = (key, self._graph_settings())
-            step = self._step_cache.get(key)
-            if step is not None:
-                step.fn = fn  # equal to the captured one; used if new argument shapes need a new capture
-                return step
-        step = GraphedStep(fn, self.device, self._graph_steps, on_replay=self._note_replay)
-        if key is not None:
-            self._step_cache.put(key, step)
-        return step
+        return self._step_cache.step(fn, key if key is None else (key, self._graph_settings()), lambda fn: GraphedStep(
+            fn, self.device, self._graph_steps, on_replay=self._note_replay))
 
     def _graph_settings(self) -> tuple:
         """What a captured graph has baked in besides its function: the attention and layout choices, the

@@ -207,16 +207,10 @@ class JittorBackend:
                 return fn
             self.record_step = vcompiler.build
         key = step_key(fn, same=(self,))
-        if key is not None:  # what the UNet bakes into a recorded graph besides the function: its attention
-            key = (key, self.recompute_attention, attention_chunk_bytes(), self.record_step)
-            step = self._step_cache.get(key)
-            if step is not None:
-                step.fn = fn  # equal to the recorded one; used if new argument shapes need a new recording
-                return step
-        step = StaticStep(self, fn, self.record_step)
-        if key is not None:
-            self._step_cache.put(key, step)
-        return step
+        # besides the function, a recorded graph holds the UNet's attention choices
+        settings = (self.recompute_attention, attention_chunk_bytes(), self.record_step)
+        return self._step_cache.step(fn, key if key is None else (key, settings),
+                                     lambda fn: StaticStep(self, fn, self.record_step))
 
     # --- bookkeeping --------------------------------------------------------------------------
     def synchronize(self) -> None:
