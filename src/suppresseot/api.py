@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import approaches
 from .algorithm import pipeline
 from .algorithm.attention import CROSS_REFERENCE_PLACES
+from .approaches import Approach, Request
 from .config import (GENERATED_STEP_SCALE, REAL_STEP_SCALE, InversionSettings, SamplingSettings,
                      SuppressionSettings)
 from .errors import SuppressEOTError
 from .families import Family
 from .images import center_crop, load_square
-from .tokens import TokenTable, Tokenizer, resolve_groups, token_table
+from .tokens import TokenTable, Tokenizer, resolve_groups, split_prompt, token_table
 from .weights import DEFAULT_MODEL, LoRA, resolve_model
 
 BACKENDS = ("torch", "jittor")
@@ -60,33 +62,34 @@ class Inversion:
     """A photo inverted for editing: the start latent and the unconditional embedding of every step."""
 
     prompt: str
-    method: str
+    method: str  # nt | npi (this project's inversion), or a baseline's own (ledits++)
     image: np.ndarray  # the centre crop at the model's image size, 512x512 for SD v1 (uint8 RGB)
     reconstruction: np.ndarray  # its VAE round trip
-    x_T: object  # backend tensor (1, 4, 64, 64) for SD v1
+    x_T: object  # backend tensor (1, 4, 64, 64) for SD v1 (None where a baseline inverted the photo itself)
     uncond_per_step: list  # backend tensors (1, 77, D)
     null_text_log: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
-    settings: InversionSettings = field(default_factory=InversionSettings)
+    settings: InversionSettings | dict = field(default_factory=InversionSettings)  # a baseline's: a dict
     source: str | None = None
     group_size: int = 1  # photos inverted together (their seconds and memory are the group's)
 
 
 @dataclass
 class SuppressionResult:
-    """Everything one edit produced; ``save(dir)`` writes it as a run directory."""
+    """Everything one edit produced, by any approach (SuppressEOT or a baseline, ``approaches``); ``save(dir)``
+    writes it as a run directory."""
 
     kind: str  # "generated" or "real"
     prompt: str
     token_indices: list[int]
     tokens: TokenTable
     original: Image.Image | None  # None where the edit ran with decode=False (latents only)
-    suppressed: Image.Image | None
-    final_latents: np.ndarray  # (2, 4, 64, 64) float32
-    settings: SuppressionSettings
+    suppressed: Image.Image | None  # the edited image, whatever the approach
+    final_latents: np.ndarray  # (2, 4, 64, 64) float32: original, edited
+    settings: SuppressionSettings | None  # SuppressEOT's (None for a baseline: see approach_settings)
     sampling: SamplingSettings
-    step_scale: float
+    step_scale: float | None  # SuppressEOT's ITO step size
     seed: int | None = None
     cross_attention: np.ndarray | None = None
     self_attention: np.ndarray | None = None
@@ -100,6 +103,8 @@ class SuppressionResult:
     loras: list = field(default_factory=list)  # {"file", "sha256", "scale"} of each LoRA fused into the model
     group_size: int = 1  # tasks run together (their seconds and memory are the group's)
     family: dict = field(default_factory=dict)  # ``Family.describe()``: family, prediction type, sizes
+    approach: str = approaches.DEFAULT  # which approach made the edit (``suppress-eot approaches``)
+    approach_settings: dict = field(default_factory=dict)  # its settings and what ran it (``approaches.describe``)
 
     def save(self, out_dir: str | os.PathLike, name: str | None = None, extra: dict | None = None) -> Path:
         """Write the run directory (see README); ``extra`` adds keys to its run.json."""
@@ -288,61 +293,93 @@ class SuppressEOT:
 
     def edit(self, image, prompt: str | None = None, suppress=None, settings: SuppressionSettings | None = None,
              inversion: InversionSettings | str = "nt", steps: int = 50, guidance_scale: float = 7.5,
-             decode: bool = True, **overrides) -> SuppressionResult:
+             decode: bool = True, approach: str = approaches.DEFAULT, approach_options: dict | None = None,
+             seed: int = 2, **overrides) -> SuppressionResult:
         """Suppress ``suppress`` in a photo; ``image`` may also be an ``Inversion`` from ``invert``.
         ``decode=False`` skips the VAE decode of the result (``original``/``suppressed`` stay None): for
-        work on the final latents alone, like diffusers' ``output_type="latent"``."""
+        work on the final latents alone, like diffusers' ``output_type="latent"``. ``approach``: SuppressEOT
+        (default), an ablation or a baseline by name (``approaches.APPROACHES``; ``approach_options`` overrides a
+        baseline's settings, ``seed`` seeds a baseline's own noise, LEDITS++'s inversion)."""
         return self.edit_many([image], None if prompt is None else [prompt], [suppress], settings, inversion,
-                              steps, guidance_scale, decode, **overrides)[0]
+                              steps, guidance_scale, decode, approach, approach_options, seed, **overrides)[0]
 
     def edit_many(self, images: list, prompts: list[str] | None, suppress: list,
                   settings: SuppressionSettings | None = None, inversion: InversionSettings | str = "nt",
                   steps: int = 50, guidance_scale: float = 7.5, decode: bool = True,
+                  approach: str = approaches.DEFAULT, approach_options: dict | None = None, seed: int = 2,
                   **overrides) -> list[SuppressionResult]:
         """``edit`` for several photos (or ``Inversion``s) with shared settings, their UNet passes batched."""
-        if all(isinstance(image, Inversion) for image in images):
-            inverted = list(images)
-            for b, inv in enumerate(inverted):
-                if prompts is not None and prompts[b] is not None and prompts[b] != inv.prompt:
-                    raise SuppressEOTError("the prompt differs from the one the photo was inverted with")
-            steps = len(inverted[0].uncond_per_step)
-            if any(len(inv.uncond_per_step) != steps for inv in inverted):
-                raise SuppressEOTError("photos edited together must have been inverted with the same number "
-                                       "of steps")
-        elif any(isinstance(image, Inversion) for image in images):
-            raise SuppressEOTError("edit_many takes photos or Inversions, not a mix of both")
-        settings = self._settings(settings, overrides)  # before the inversion's minutes
-        if not all(isinstance(image, Inversion) for image in images):
-            if prompts is None or any(p is None for p in prompts):
-                raise SuppressEOTError("edit needs the prompt that describes the photo")
-            inverted = self.invert_many(images, prompts, inversion, steps=steps, guidance_scale=guidance_scale)
+        spec = self.approach(approach, "real")
+        if any(isinstance(image, Inversion) for image in images):
+            steps = len(next(image for image in images if isinstance(image, Inversion)).uncond_per_step) or steps
+        inversion = InversionSettings(method=inversion) if isinstance(inversion, str) else inversion
+        if not spec.is_suppresseot:
+            if prompts is None:
+                prompts = [image.prompt if isinstance(image, Inversion) else None for image in images]
+            request = self._request(spec, "real", prompts, suppress, steps, guidance_scale, decode, approach_options,
+                                    seeds=[seed] * len(images), images=list(images), inversion=inversion)
+            return spec.runner("real")(self, request, spec)
+        settings = self._settings(settings, {**overrides, **dict(spec.overrides)})  # before the inversion's minutes
+        inverted = self.inverted(images, prompts, inversion, SamplingSettings(steps, guidance_scale))
         step_scale = settings.step_scale if settings.step_scale is not None else REAL_STEP_SCALE
         results = self._suppress_many("real", [inv.prompt for inv in inverted], suppress, settings,
-                                      SamplingSettings(steps, guidance_scale), step_scale,
+                                      SamplingSettings(len(inverted[0].uncond_per_step), guidance_scale), step_scale,
                                       [inv.x_T for inv in inverted], [inv.uncond_per_step for inv in inverted],
-                                      decode)
+                                      decode, spec)
         for result, inv in zip(results, inverted):
             result.inversion = inv
             result.seconds = {**inv.seconds, **result.seconds}
             result.memory = {**inv.memory, **result.memory}
         return results
 
+    def inverted(self, images: list, prompts: list[str] | None, inversion: InversionSettings,
+                 sampling: SamplingSettings) -> list[Inversion]:
+        """The photos as ``Inversion``s: inverted now (``invert_many``), or as given where they already are."""
+        if all(isinstance(image, Inversion) for image in images):
+            inverted = list(images)
+            for b, inv in enumerate(inverted):
+                if prompts is not None and prompts[b] is not None and prompts[b] != inv.prompt:
+                    raise SuppressEOTError("the prompt differs from the one the photo was inverted with")
+            if any(len(inv.uncond_per_step) != len(inverted[0].uncond_per_step) for inv in inverted):
+                raise SuppressEOTError("photos edited together must have been inverted with the same number "
+                                       "of steps")
+            if any(inv.x_T is None for inv in inverted):
+                raise SuppressEOTError(f"this photo was inverted by {inverted[0].method}, not by `invert`: edit the "
+                                       "photo itself")
+            return inverted
+        if any(isinstance(image, Inversion) for image in images):
+            raise SuppressEOTError("edit_many takes photos or Inversions, not a mix of both")
+        if prompts is None or any(p is None for p in prompts):
+            raise SuppressEOTError("edit needs the prompt that describes the photo")
+        return self.invert_many(images, prompts, inversion, steps=sampling.num_steps,
+                                guidance_scale=sampling.guidance_scale)
+
     # --- generated images ---------------------------------------------------------------------
     def generate(self, prompt: str, suppress, seed: int = 2, settings: SuppressionSettings | None = None,
-                 steps: int = 50, guidance_scale: float = 7.5, decode: bool = True, **overrides) -> SuppressionResult:
+                 steps: int = 50, guidance_scale: float = 7.5, decode: bool = True,
+                 approach: str = approaches.DEFAULT, approach_options: dict | None = None,
+                 **overrides) -> SuppressionResult:
         """Generate from ``prompt`` with seed ``seed`` and suppress ``suppress`` (the official initial noise);
-        ``decode=False``: latents only, as in ``edit``."""
-        return self.generate_many([prompt], [suppress], [seed], settings, steps, guidance_scale, decode,
-                                  **overrides)[0]
+        ``decode=False``: latents only, as in ``edit``. ``approach``: SuppressEOT (default), an ablation or a
+        baseline by name, e.g. ``model.generate(prompt, "glasses", approach="sega")`` (``approaches.APPROACHES``;
+        ``approach_options`` overrides a baseline's settings)."""
+        return self.generate_many([prompt], [suppress], [seed], settings, steps, guidance_scale, decode, approach,
+                                  approach_options, **overrides)[0]
 
     def generate_many(self, prompts: list[str], suppress: list, seeds: list[int],
                       settings: SuppressionSettings | None = None, steps: int = 50, guidance_scale: float = 7.5,
-                      decode: bool = True, **overrides) -> list[SuppressionResult]:
+                      decode: bool = True, approach: str = approaches.DEFAULT, approach_options: dict | None = None,
+                      **overrides) -> list[SuppressionResult]:
         """``generate`` for several prompts (each with its own tokens and seed, shared settings), their UNet
         passes batched; each result equals ``generate``'s within the rounding of batched kernels."""
         if not (len(prompts) == len(suppress) == len(seeds)) or not prompts:
             raise SuppressEOTError("generate_many needs one token group and one seed per prompt")
-        settings = self._settings(settings, overrides)
+        spec = self.approach(approach, "generated")
+        if not spec.is_suppresseot:
+            request = self._request(spec, "generated", prompts, suppress, steps, guidance_scale, decode,
+                                    approach_options, seeds=[int(seed) for seed in seeds])
+            return spec.runner("generated")(self, request, spec)
+        settings = self._settings(settings, {**overrides, **dict(spec.overrides)})
         sampling = SamplingSettings(steps, guidance_scale).validate()
         step_scale = settings.step_scale if settings.step_scale is not None else GENERATED_STEP_SCALE
         for prompt in prompts:
@@ -351,12 +388,27 @@ class SuppressEOT:
         with self.backend.no_grad():
             uncond = self._uncond()
         results = self._suppress_many("generated", prompts, suppress, settings, sampling, step_scale, starts,
-                                      [[uncond] * sampling.num_steps] * len(prompts), decode)
+                                      [[uncond] * sampling.num_steps] * len(prompts), decode, spec)
         for result, seed in zip(results, seeds):
             result.seed = int(seed)
         return results
 
     # --- shared -------------------------------------------------------------------------------
+    def approach(self, name: str, kind: str) -> Approach:
+        """The approach ``name``, checked against this kind of image, this model's family and this backend."""
+        return approaches.get(name).check(kind=kind, family=self.family.name, backend=self.backend.name)
+
+    def _request(self, spec: Approach, kind: str, prompts, suppress, steps, guidance_scale, decode, options,
+                 **fields) -> Request:
+        """A baseline's call, checked: prompts, token groups, sampling, the baseline's settings."""
+        if len(suppress) != len(prompts) or not prompts:
+            raise SuppressEOTError("give one prompt and one token group per task")
+        if any(p is None for p in prompts):
+            raise SuppressEOTError("edit needs the prompt that describes the photo")
+        groups = [self._group(prompt, what)[1] for prompt, what in zip(prompts, suppress)]
+        return Request(kind, list(prompts), groups, SamplingSettings(steps, guidance_scale).validate(),
+                       options=spec.options(options), decode=decode, **fields)
+
     def _settings(self, settings: SuppressionSettings | None, overrides: dict) -> SuppressionSettings:
         """The settings with ``overrides``, checked, also against this model (where its maps are)."""
         settings = replace(settings or SuppressionSettings(), **overrides).validate()
@@ -371,7 +423,7 @@ class SuppressEOT:
         return settings
 
     def _suppress_many(self, kind, prompts, suppress, settings, sampling, step_scale, starts,
-                       uncond_per_step, decode: bool = True) -> list[SuppressionResult]:
+                       uncond_per_step, decode: bool = True, spec: Approach | None = None) -> list[SuppressionResult]:
         """SWR + ITO sampling of K tasks together; ``starts`` and ``uncond_per_step`` hold one entry per task."""
         sampling.validate()
         if len(suppress) != len(prompts):
@@ -392,17 +444,61 @@ class SuppressEOT:
                                           settings, sampling, step_scale, progress=self.progress,
                                           resolution=self.family.maps_resolution, layout=self.family.layout,
                                           on_step=self.on_step)
-        images = [(None, None)] * k
+        spec = spec or approaches.get(approaches.DEFAULT)
+        return [replace(result, settings=settings, step_scale=step_scale, cross_attention=out.cross_attention,
+                        self_attention=out.self_attention, ito_log=out.ito_log,
+                        swr_embedding=out.first_swr_embedding)
+                for result, out in zip(self.pair_results(spec, approaches.describe(spec), kind, prompts,
+                                                         [group for _, group in groups], sampling,
+                                                         [out.final_latents for out in outs], timer, decode), outs)]
+
+    def pair_results(self, spec: Approach, record: dict, kind: str, prompts: list[str], groups: list[list[int]],
+                     sampling: SamplingSettings, finals: list, timer: StageTimer, decode: bool, seeds=None,
+                     inverted=None) -> list[SuppressionResult]:
+        """One result per task from its final latents (a backend tensor of (original, edited)), decoded here
+        alike for every approach (the official conversion: clamp, x255, truncate)."""
+        backend = self.backend
+        images = [(None, None)] * len(prompts)
         if decode:
             with timer("vae_decode"):
-                images = [[Image.fromarray(image) for image in backend.vae_decode(out.final_latents)] for out in outs]
+                images = [[Image.fromarray(image) for image in backend.vae_decode(final)] for final in finals]
         info = backend.info()
-        return [SuppressionResult(
-            kind=kind, prompt=prompt, token_indices=group, tokens=table,
-            original=pair[0], suppressed=pair[1],
-            final_latents=backend.to_numpy(out.final_latents).astype(np.float32), settings=settings,
-            sampling=sampling, step_scale=step_scale, cross_attention=out.cross_attention,
-            self_attention=out.self_attention, ito_log=out.ito_log, swr_embedding=out.first_swr_embedding,
-            seconds=dict(timer.seconds), memory=dict(timer.memory), backend_info=info, model=self.model,
-            loras=self.loras, group_size=k, family=self.family.describe())
-            for prompt, (table, group), out, pair in zip(prompts, groups, outs, images)]
+        results = []
+        for b, (prompt, group, final, pair) in enumerate(zip(prompts, groups, finals, images)):
+            if not spec.is_suppresseot:  # the text the baseline was given
+                record = {**record, "words": split_prompt(prompt, self.tokens(prompt).as_rows(), group)[1]}
+            results.append(SuppressionResult(
+                kind=kind, prompt=prompt, token_indices=group, tokens=self.tokens(prompt), original=pair[0],
+                suppressed=pair[1], final_latents=backend.to_numpy(final).astype(np.float32), settings=None,
+                sampling=sampling, step_scale=None, seed=None if seeds is None else seeds[b],
+                inversion=None if inverted is None else inverted[b], seconds=dict(timer.seconds),
+                memory=dict(timer.memory), backend_info=info, model=self.model, loras=self.loras,
+                group_size=len(prompts), family=self.family.describe(), approach=spec.name, approach_settings=record))
+        return results
+
+    def guided_pairs(self, spec: Approach, request: Request, starts: list, original_uncond: list, edited_uncond: list,
+                     inverted: list | None = None, options: dict | None = None) -> list[SuppressionResult]:
+        """Original and edited branch of K tasks denoised side by side by plain guided DDIM
+        (``pipeline.guided_sampling``), from the same start latents and conditional embeddings; they differ in
+        their unconditional embedding per step (``*_uncond``: per task, a list over steps)."""
+        backend, k = self.backend, len(request.prompts)
+        schedule = self.family.schedule(request.sampling.num_steps)
+        timer = StageTimer(backend)
+        with timer("text_encoding"):
+            text = backend.cat([self._embed(prompt) for prompt in request.prompts])
+        start = backend.cat(starts)
+        uncond = [backend.cat([u[i] for u in original_uncond] + [u[i] for u in edited_uncond])
+                  for i in range(schedule.num_steps)]
+        with timer("sampling"):
+            latents = pipeline.guided_sampling(backend, schedule, backend.cat([start, start]), backend.cat([text, text]),
+                                               uncond, request.sampling.guidance_scale, progress=self.progress,
+                                               on_step=self.on_step, desc=spec.name)
+        finals = [backend.cat([latents[b:b + 1], latents[k + b:k + b + 1]]) for b in range(k)]
+        results = self.pair_results(spec, approaches.describe(spec, options or request.options), request.kind,
+                                    request.prompts, request.groups, request.sampling, finals, timer, request.decode,
+                                    inverted=inverted)
+        for result in results:
+            if result.inversion is not None:
+                result.seconds = {**result.inversion.seconds, **result.seconds}
+                result.memory = {**result.inversion.memory, **result.memory}
+        return results

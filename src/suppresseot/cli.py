@@ -137,7 +137,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "CUDA, off on the CPU, where vcompiler does not build; see docs/jittor.md)")
 
 
+def _approach_option(text: str):
+    from .approaches import parse_option
+
+    try:
+        return parse_option(text)
+    except SuppressEOTError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
+    from .approaches import APPROACHES, DEFAULT, names
+
+    a = p.add_argument_group("approach (SuppressEOT, an ablation, or a baseline to compare with)")
+    a.add_argument("--approach", default=DEFAULT, choices=list(APPROACHES), metavar="NAME",
+                   help=f"{', '.join(names(kind='real' if real else 'generated'))} (default: %(default)s; "
+                        "`suppress-eot approaches` says what each is and where it runs)")
+    a.add_argument("--approach-option", action="append", type=_approach_option, default=[], metavar="KEY=VALUE",
+                   help="a baseline's setting, over its documented default, e.g. edit_guidance_scale=7 (repeatable; "
+                        "`suppress-eot approaches` lists them)")
     g = p.add_argument_group("what to suppress (one run per token group x alpha x tau)")
     g.add_argument("--suppress-tokens", nargs="+", type=_token_group, default=[], metavar="GROUP",
                    help="token index groups, e.g. 4,5 7 (index 0 is the start token; see `suppress-eot tokens`)")
@@ -229,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: chosen from the checkpoint's keys)")
     tok.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    sub.add_parser("approaches", aliases=["baselines"], help="list the approaches: SuppressEOT, its ablations and the "
+                   "baselines it is compared with", description="Every approach --approach (generate, edit) and "
+                   "--approaches (batch) take, with what it is, the images, model families and backends it runs "
+                   "on, and a baseline's settings (--approach-option).")
+
     import importlib
 
     # these modules import only the core at module level (their heavy imports wait for run()), so a
@@ -274,6 +297,31 @@ def _settings(args):
     return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
 
 
+# SuppressEOT's own options with their defaults: a baseline takes --approach-option instead
+SUPPRESSEOT_OPTIONS = {"alpha": [1.0], "tau": [0.8], "method": "soft-weight", "iterations": 10, "max_step_to_erase": 20,
+                       "lambda_retain": 1.0, "lambda_erase": -0.5, "lambda_self_retain": 1.0, "lambda_self_erase": -0.5,
+                       "step_scale": None, "all_heads": False, "pooled": "keep", "ito_blocks": ("up", "down", "mid")}
+
+
+def _approach(args):
+    """The --approach, checked against the kind of image, the backend and its options (the model's family is
+    checked once the model folder is known)."""
+    from .approaches import get
+
+    approach = get(args.approach).check(kind="real" if args.command == "edit" else "generated", backend=args.backend)
+    approach.options(dict(args.approach_option))
+    if not approach.is_suppresseot:
+        given = [f"--{k.replace('_', '-')}" for k, default in SUPPRESSEOT_OPTIONS.items()
+                 if getattr(args, k) != default]
+        if given:
+            raise SuppressEOTError(f"{' '.join(given)}: SuppressEOT's options, which {approach.name} does not take; "
+                                   f"its settings go in --approach-option KEY=VALUE (`suppress-eot approaches`)")
+    elif args.approach_option:
+        raise SuppressEOTError(f"--approach-option sets a baseline's settings; {approach.name} takes SuppressEOT's "
+                               "own options (--alpha, --iterations, ...)")
+    return approach
+
+
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -285,6 +333,7 @@ def cmd_run(args) -> int:
     from .weights import resolve_model
 
     runs, sampling = _settings(args)
+    approach = _approach(args)  # one line and exit 2 before any work where it cannot run here
     inversion = None
     if args.command == "edit":
         inversion = InversionSettings(args.inversion, args.null_text_steps, args.null_text_epsilon).validate()
@@ -302,6 +351,9 @@ def cmd_run(args) -> int:
 
     loras = [LoRA.of(item) for item in loras_of(args)]
     model_dir = resolve_model(args.model, loras, args.variant, args.model_config)
+    from .families import detect_family
+
+    approach.check(family=detect_family(model_dir).name)  # before the weights load
     tokenizer = Tokenizer.from_pretrained(model_dir)
     table = token_table(tokenizer, args.prompt)
     groups = resolve_groups(tokenizer, table, list(args.suppress_tokens) + list(args.suppress_words))
@@ -317,20 +369,26 @@ def cmd_run(args) -> int:
 
     command = {"command": shlex.join(["suppress-eot"] + args.argv)}
     inverted = None
-    if args.command == "edit":
+    if args.command == "edit" and approach.shares_inversion:  # inverted once, edited per group
         _note(f"inverting {args.image} ({'null-text' if inversion.method == 'nt' else 'negative-prompt'} inversion, "
               f"{sampling.num_steps} steps)")
         inverted = model.invert(args.image, args.prompt, inversion, steps=sampling.num_steps,
                                 guidance_scale=sampling.guidance_scale)
-    cases = list(itertools.product(groups, runs))
+    cases = list(itertools.product(groups, runs if approach.is_suppresseot else runs[:1]))
+    options = dict(args.approach_option)
     for number, (group, settings) in enumerate(cases, 1):
         words = " ".join(table.words[i] for i in group)
-        _note(f"[{number}/{len(cases)}] suppressing {group} ({words}), alpha {settings.alpha:g}, tau {settings.tau:g}")
-        if inverted is not None:
-            result = model.edit(inverted, suppress=group, settings=settings, guidance_scale=sampling.guidance_scale)
+        _note(f"[{number}/{len(cases)}] suppressing {group} ({words}) with {approach.name}"
+              + (f", alpha {settings.alpha:g}, tau {settings.tau:g}" if approach.is_suppresseot else ""))
+        if args.command == "edit":
+            result = model.edit(inverted if inverted is not None else args.image, args.prompt, suppress=group,
+                                settings=settings, inversion=inversion, steps=sampling.num_steps,
+                                guidance_scale=sampling.guidance_scale, approach=approach.name,
+                                approach_options=options)
         else:
             result = model.generate(args.prompt, group, seed=args.seed, settings=settings, steps=sampling.num_steps,
-                                    guidance_scale=sampling.guidance_scale)
+                                    guidance_scale=sampling.guidance_scale, approach=approach.name,
+                                    approach_options=options)
         path = save_run(result, out_dir, extra=command)
         print(path)
     return 0
@@ -346,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tokens":
             return cmd_tokens(args)
+        if args.command in ("approaches", "baselines"):
+            from .approaches import listing
+
+            print(listing())
+            return 0
         if args.command in EXTRA_COMMANDS:
             import importlib
 

@@ -32,10 +32,14 @@ def slug(text: str, limit: int = 40) -> str:
 
 def default_run_name(result) -> str:
     tokens = "-".join(str(i) for i in result.token_indices)
-    name = f"{result.kind}-{slug(result.prompt)}-tok{tokens}-a{result.settings.alpha:g}-tau{result.settings.tau:g}"
+    name = f"{result.kind}-{slug(result.prompt)}-tok{tokens}"
+    if result.settings is not None:
+        name += f"-a{result.settings.alpha:g}-tau{result.settings.tau:g}"
+    if result.approach != "suppresseot":
+        name += f"-{result.approach}"
     if result.seed is not None:
         name += f"-seed{result.seed}"
-    if result.inversion is not None:
+    if result.inversion is not None and result.inversion.method != result.approach:
         name += f"-{result.inversion.method}"
     return name
 
@@ -97,7 +101,7 @@ def nvml_used_bytes(device: str) -> int | None:
 def run_record(result, extra: dict | None = None) -> dict:
     from . import __version__
 
-    inv = result.inversion
+    inv, settings = result.inversion, result.settings
     record = {
         "suppresseot": __version__,
         "kind": result.kind,
@@ -111,12 +115,15 @@ def run_record(result, extra: dict | None = None) -> dict:
         "family": result.family.get("family", "sd1"),
         "prediction_type": result.family.get("prediction_type", "epsilon"),
         "model_family": result.family,
-        "settings": asdict(result.settings),
+        # the approach that made the edit (SuppressEOT, an ablation, a baseline), its settings, what ran it
+        "approach": {"name": result.approach, **{k: v for k, v in result.approach_settings.items() if k != "name"}},
+        "settings": None if settings is None else asdict(settings),  # SuppressEOT's (None for a baseline)
         "sampling": asdict(result.sampling),
         "step_scale": result.step_scale,
-        "first_swr_step": result.settings.first_step(result.sampling.num_steps),
-        "ito_steps": list(result.settings.ito_steps(result.sampling.num_steps)),
-        "inversion": None if inv is None else {**asdict(inv.settings), "image": inv.source,
+        "first_swr_step": None if settings is None else settings.first_step(result.sampling.num_steps),
+        "ito_steps": [] if settings is None else list(settings.ito_steps(result.sampling.num_steps)),
+        "inversion": None if inv is None else {**(inv.settings if isinstance(inv.settings, dict) else
+                                                  asdict(inv.settings)), "image": inv.source,
                                                "group_size": inv.group_size},
         "group_size": result.group_size,  # tasks run together: seconds and memory are the whole group's
         "seconds": result.seconds,

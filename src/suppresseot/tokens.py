@@ -6,6 +6,7 @@ Index 0 is ``<|startoftext|>``; a prompt of n tokens (start and end included) ha
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from .errors import SuppressEOTError
@@ -161,3 +162,37 @@ def resolve_groups(tokenizer: Tokenizer, table: TokenTable, groups) -> list[list
     if not resolved:
         raise SuppressEOTError(f"nothing to suppress: name token indices or words; {TOKENS_HINT}")
     return resolved
+
+
+def split_prompt(prompt: str, tokens: list[dict], indices: list[int]) -> tuple[str, str]:
+    """(the prompt without the words of tokens ``indices``, those words), in the prompt's own spelling.
+
+    ``"A dog in Van Gogh Style"`` with tokens 4,5,6 -> ``("A dog in", "Van Gogh Style")``. Each token's
+    text is found in order in the lower-cased prompt (the CLIP tokenizer lower-cases); a sub-word
+    token takes its whole word with it. If the tokens cannot be aligned (unusual unicode), the kept
+    prompt is the remaining token texts joined by spaces.
+    """
+    drop = set(indices)
+    words = [(int(row["index"]), str(row["token"])) for row in tokens
+             if row.get("kind", "word") == "word" and str(row.get("token", "")).strip()]
+    lower, cursor, removed = prompt.lower(), 0, [False] * len(prompt)
+    for index, text in words:
+        start = lower.find(text.lower(), cursor)
+        if start < 0:
+            kept = " ".join(t for i, t in words if i not in drop)
+            return kept, " ".join(t for i, t in words if i in drop)
+        end = cursor = start + len(text)
+        if index in drop:
+            while start > 0 and prompt[start - 1].isalnum():
+                start -= 1
+            while end < len(prompt) and prompt[end].isalnum():
+                end += 1
+            removed[start:end] = [True] * (end - start)
+
+    def tidy(chars) -> str:
+        text = re.sub(r"\s+", " ", "".join(chars)).strip()
+        return re.sub(r"\s+([,.;:!?])", r"\1", text).strip(" ,;:")
+
+    kept = tidy(c if not r else " " for c, r in zip(prompt, removed))
+    gone = tidy(c if r else " " for c, r in zip(prompt, removed))
+    return kept, gone

@@ -331,7 +331,9 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     if first < schedule.num_steps:
         swr = [soft_weight_regularize(text_np[b:b + 1], token_indices[b], n_tokens[b], settings.alpha,
                                       settings.method, layout, settings.pooled) for b in range(tasks)]
-        swr_regularized = [not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
+        # as the official code, no ITO where SWR changed nothing; alpha 0 (s * exp(0): SWR the identity) is the
+        # ITO-only ablation, where ITO works on the prompt's own embedding
+        swr_regularized = [settings.alpha == 0 or not np.array_equal(e, text_np[b:b + 1]) for b, e in enumerate(swr)]
         swr_embedding = backend.from_numpy(np.concatenate(swr))
     edited, regularized = text, [False] * tasks
     outs = [SuppressionOutput(final_latents=None, first_swr_embedding=None) for _ in range(tasks)]
@@ -368,5 +370,29 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
     return outs
 
 
+def guided_sampling(backend, schedule: DDIMSchedule, start_latent, text, uncond_per_step: list,
+                    guidance_scale: float, progress: bool = True, on_step=None, desc: str = "Sampling"):
+    """Classifier-free guided DDIM of B samples from ``start_latent``, each with its own conditional embedding
+    (``text``) and, at every step, its own unconditional one (``uncond_per_step[i]``, B rows): the official
+    two passes, unconditional then conditional, without SWR or ITO. What baselines that edit the guidance
+    itself sample with (a negative prompt in place of the null-text of an inverted photo)."""
+    prediction_type = schedule.prediction_type
+
+    def denoising_step(latents, t, uncond, text, coefficients, conversion):
+        eps_uncond = as_noise(backend.unet(latents, t, uncond), latents, conversion, prediction_type)
+        eps_cond = as_noise(backend.unet(latents, t, text), latents, conversion, prediction_type)
+        return move(latents, eps_uncond + guidance_scale * (eps_cond - eps_uncond), coefficients)
+
+    step = backend.compile_step(denoising_step)
+    latents = start_latent
+    with backend.no_grad():
+        for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=not progress, leave=False)):
+            if on_step is not None:
+                on_step("sampling", i)
+            latents = step(latents, t, uncond_per_step[i], text, schedule.coefficients(t),
+                           schedule.noise_conversion(t))
+    return latents
+
+
 __all__ = ["ddim_inversion", "null_text_optimization", "adam_step", "adam_update", "InferenceTimeOptimization",
-           "suppress_many", "SuppressionOutput", "LossWeights"]
+           "suppress_many", "SuppressionOutput", "LossWeights", "guided_sampling"]

@@ -66,6 +66,16 @@ class RecordingAttnProcessor:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
+        # Prompt-to-Prompt's reweighting (``reweighted_cross_attention``): key j's probability times w_j, not
+        # renormalized. sum_j (w_j p_j) v_j = sum_j p_j (w_j v_j), so the values carry the weights and every
+        # kernel below (fused too) computes it; a recorder is handed the reweighted probabilities.
+        weights = self.backend.cross_attention_weights if is_cross else None
+        if weights is not None:
+            if tuple(weights.shape) != (batch_size, key.shape[1]):
+                raise SuppressEOTError(f"cross-attention weights of shape {tuple(weights.shape)} for a batch of "
+                                       f"{batch_size} x {key.shape[1]} keys")
+            value = value * weights[:, :, None].to(value.dtype)
+            weights = weights.repeat_interleave(attn.heads, 0)[:, None, :]
 
         wanted = recorder is not None and recorder.wants(query.shape[1], self.place)
         if self.backend.fused_attention and not wanted:
@@ -80,11 +90,12 @@ class RecordingAttnProcessor:
             if wanted and self.backend.recompute_attention and torch.is_grad_enabled():
                 # ITO: keep q, k, v, not the probabilities, for the backward pass (SDXL: 60 recorded layers)
                 hidden_states, reduced = checkpoint(_recorded_attention, attn, query, key, value, attention_mask,
-                                                    recorder.reduce, use_reentrant=False, preserve_rng_state=False)
+                                                    recorder.reduce, weights, use_reentrant=False,
+                                                    preserve_rng_state=False)
                 recorder.add(reduced, recorder.heads(query.shape[0]), is_cross, self.place)
             elif wanted:
                 probs = attn.get_attention_scores(query, key, attention_mask)
-                recorder(probs, is_cross, self.place)
+                recorder(probs if weights is None else probs * weights, is_cross, self.place)
                 hidden_states = torch.bmm(probs, value)
             else:
                 hidden_states = _sliced_attention(attn, query, key, value, attention_mask,
@@ -105,10 +116,10 @@ def _explicit_attention(attn, query, key, value, attention_mask):
     return torch.bmm(attn.get_attention_scores(query, key, attention_mask), value)
 
 
-def _recorded_attention(attn, query, key, value, attention_mask, reduce):
-    """Explicit attention and the recorder's reduction of its probabilities, recomputed together."""
+def _recorded_attention(attn, query, key, value, attention_mask, reduce, weights=None):
+    """Explicit attention and the recorder's reduction of its (reweighted) probabilities, recomputed together."""
     probs = attn.get_attention_scores(query, key, attention_mask)
-    return torch.bmm(probs, value), reduce(probs)
+    return torch.bmm(probs, value), reduce(probs if weights is None else probs * weights)
 
 
 def _sliced_attention(attn, query, key, value, attention_mask, slice_bytes: int | None, recompute: bool):
@@ -216,6 +227,8 @@ class TorchBackend:
         self.attention_slice_bytes = attention_slice_mib * 2**20 if attention_slice_mib else None
         self.strict_fp32 = False
         self.recorder = None
+        self.cross_attention_weights = None  # (batch, 77) while ``reweighted_cross_attention`` holds
+        self._pipelines = {}  # diffusers pipelines built on these modules (the baselines), by class
         # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
         # minus the host's launch overhead, which limits both modes: a bf16 null-text iteration is 4x faster
         # replayed, and in fp32 (H200, benchmarks/profile_steps.py) its 60 ms of kernels took 118 ms eagerly
@@ -390,6 +403,71 @@ class TorchBackend:
         the modules that torch.compile guards on). Up blocks only grow the maps' side."""
         if self._maps_side is not None and output.shape[-2] * output.shape[-1] > self._maps_side ** 2:
             raise _MapsRecorded
+
+    @contextmanager
+    def reweighted_cross_attention(self, weights):
+        """Every cross-attention layer's probabilities times ``weights`` ((batch, 77): one row per sample of a
+        UNet call, e.g. diffusers' [negative, prompt] under guidance), not renormalized: Prompt-to-Prompt's
+        reweighting. 0 takes a token out of the attention, 1 leaves it."""
+        self.cross_attention_weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        try:
+            yield
+        finally:
+            self.cross_attention_weights = None
+
+    # --- diffusers' own pipelines on these modules (the baselines, ``suppresseot.baselines``) ----------------
+    def diffusers_pipeline(self, class_name: str, scheduler: str = "ddim"):
+        """diffusers pipeline ``class_name`` built on this backend's loaded modules (no second copy of the
+        weights), with the model folder's tokenizers and a scheduler from its config: ``ddim`` (the DDIM every
+        approach here samples with) or ``dpm-sde`` (DPM-Solver++ SDE, LEDITS++'s own choice). Run it inside
+        ``pipeline_session``. Built once per class and scheduler."""
+        import inspect
+
+        import diffusers
+
+        key = (class_name, scheduler)
+        if key not in self._pipelines:
+            cls = getattr(diffusers, class_name)
+            config = diffusers.DDIMScheduler.load_config(self.model_dir, subfolder="scheduler")
+            schedulers = {"ddim": lambda: diffusers.DDIMScheduler.from_config(config),
+                          "dpm-sde": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
+                              config, algorithm_type="sde-dpmsolver++", solver_order=2)}
+            modules = {"unet": self.unet_model, "vae": self.vae, "scheduler": schedulers[scheduler](),
+                       **{e.subfolder: m for e, m in zip(self.family.text_encoders, self.text_encoders)}}
+            accepted = inspect.signature(cls.__init__).parameters
+            absent = {k: v for k, v in {"safety_checker": None, "feature_extractor": None, "image_encoder": None,
+                                        "requires_safety_checker": False}.items() if k in accepted}
+            bars = not diffusers.utils.logging.are_progress_bars_disabled()
+            diffusers.utils.logging.disable_progress_bar()  # its "Loading pipeline components" bar: nothing loads
+            try:
+                self._pipelines[key] = cls.from_pretrained(self.model_dir, **modules, **absent,
+                                                           torch_dtype=self.torch_dtype)
+            finally:
+                if bars:
+                    diffusers.utils.logging.enable_progress_bar()
+            self._pipelines[key].set_progress_bar_config(disable=True)
+        return self._pipelines[key]
+
+    @contextmanager
+    def pipeline_session(self, attention: str = "diffusers"):
+        """While a diffusers pipeline runs: the offloaded text encoders and VAE on the device, the UNet's
+        attention processors diffusers' own (``"diffusers"``: what a plain pipeline computes) or this backend's
+        (``"recording"``: for ``reweighted_cross_attention``). The backend's processors are put back afterwards
+        (LEDITS++ installs its own)."""
+        from contextlib import ExitStack
+
+        saved = dict(self.unet_model.attn_processors)
+        with ExitStack() as stack:
+            for module in (*self.text_encoders, self.vae):
+                stack.enter_context(self._on_device(module))
+            try:
+                if attention == "diffusers":
+                    from diffusers.models.attention_processor import AttnProcessor2_0
+
+                    self.unet_model.set_attn_processor(AttnProcessor2_0())
+                yield
+            finally:
+                self.unet_model.set_attn_processor(saved)
 
     def vae_encode(self, image: np.ndarray):
         with torch.no_grad(), self._on_device(self.vae) as vae:

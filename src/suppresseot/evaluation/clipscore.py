@@ -13,13 +13,13 @@ the rest scores well, including one where nothing was suppressed. So each image 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import SuppressEOTError
+from ..tokens import split_prompt
 from . import Run, fmt, group_label, markdown_table, mean, resolve_device, short_error, to_float
 from .detect import detected, detector_query
 
@@ -37,40 +37,6 @@ COLUMNS = (["run_dir", "task", "dataset", "mode", "backend", "kind", "prompt", "
 def clip_score(cosine, weight: float = WEIGHT):
     """Hessel et al.'s rescaling: negative similarities count as 0, then ``* 2.5`` to spread the range."""
     return weight * np.maximum(cosine, 0.0)
-
-
-def split_prompt(prompt: str, tokens: list[dict], indices: list[int]) -> tuple[str, str]:
-    """(the prompt without the words of tokens ``indices``, those words), in the prompt's own spelling.
-
-    ``"A dog in Van Gogh Style"`` with tokens 4,5,6 -> ``("A dog in", "Van Gogh Style")``. Each token's
-    text is found in order in the lower-cased prompt (the CLIP tokenizer lower-cases); a sub-word
-    token takes its whole word with it. If the tokens cannot be aligned (unusual unicode), the kept
-    prompt is the remaining token texts joined by spaces.
-    """
-    drop = set(indices)
-    words = [(int(row["index"]), str(row["token"])) for row in tokens
-             if row.get("kind", "word") == "word" and str(row.get("token", "")).strip()]
-    lower, cursor, removed = prompt.lower(), 0, [False] * len(prompt)
-    for index, text in words:
-        start = lower.find(text.lower(), cursor)
-        if start < 0:
-            kept = " ".join(t for i, t in words if i not in drop)
-            return kept, " ".join(t for i, t in words if i in drop)
-        end = cursor = start + len(text)
-        if index in drop:
-            while start > 0 and prompt[start - 1].isalnum():
-                start -= 1
-            while end < len(prompt) and prompt[end].isalnum():
-                end += 1
-            removed[start:end] = [True] * (end - start)
-
-    def tidy(chars) -> str:
-        text = re.sub(r"\s+", " ", "".join(chars)).strip()
-        return re.sub(r"\s+([,.;:!?])", r"\1", text).strip(" ,;:")
-
-    kept = tidy(c if not r else " " for c, r in zip(prompt, removed))
-    gone = tidy(c if r else " " for c, r in zip(prompt, removed))
-    return kept, gone
 
 
 class CLIPScorer:
