@@ -37,12 +37,20 @@ class Run:
 
     @property
     def task_id(self) -> str:
-        """The batch's task id (``vangogh-07``), else the folder name without its ``--backend`` suffix."""
+        """The batch's task id (``vangogh-07``), else the folder name without its ``--approach--backend`` suffix."""
         task = self.record.get("task")
         for value in (self.record.get("task_id"), task.get("id") if isinstance(task, dict) else None):
             if value:
                 return str(value)
-        return self.name.rsplit("--", 1)[0] if "--" in self.name else self.name
+        return self.name.split("--", 1)[0] if "--" in self.name else self.name
+
+    @property
+    def approach(self) -> str:
+        """The approach that made the edit (``suppresseot``, an ablation or a baseline, see ``approaches``); runs
+        written before approaches existed are SuppressEOT's."""
+        record = self.record.get("approach")
+        name = record.get("name") if isinstance(record, dict) else record
+        return str(name) if name else "suppresseot"
 
     @property
     def backend(self) -> str:
