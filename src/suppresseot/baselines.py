@@ -142,21 +142,24 @@ def ledits_pp(model, request: Request, approach: Approach) -> list:
                                                  request.words(model), request.seeds):
         timer = StageTimer(backend)
         crop = image.image if isinstance(image, Inversion) else model._crop(image)
-        with backend.pipeline_session(), timer("inversion"):
-            _progress(model, pipe, "LEDITS++ inversion")
-            inverted = pipe.invert(image=Image.fromarray(crop), source_prompt=prompt,
-                                   source_guidance_scale=o["source_guidance_scale"],
-                                   num_inversion_steps=request.sampling.num_steps, skip=o["skip"],
-                                   generator=torch.Generator().manual_seed(int(seed)))
         pair = []
-        for stage, edit in (("sampling_original", False), ("sampling_edited", True)):
-            edit_kwargs = dict(editing_prompt=[words], reverse_editing_direction=[True],
-                               edit_guidance_scale=[o["edit_guidance_scale"]], edit_warmup_steps=[o["edit_warmup_steps"]],
-                               edit_threshold=[o["edit_threshold"]]) if edit else {}
-            _progress(model, pipe, f"{approach.name} ({stage.split('_')[1]})")
-            with backend.pipeline_session(), timer(stage):
-                pair.append(pipe(output_type="latent", callback_on_step_end=_on_step(model, stage),
-                                 **edit_kwargs).images.float())
+        # one session: the attention processors its inversion sets are the ones its edits run with, as in diffusers
+        with backend.pipeline_session():
+            with timer("inversion"):
+                _progress(model, pipe, "LEDITS++ inversion")
+                inverted = pipe.invert(image=Image.fromarray(crop), source_prompt=prompt,
+                                       source_guidance_scale=o["source_guidance_scale"],
+                                       num_inversion_steps=request.sampling.num_steps, skip=o["skip"],
+                                       generator=torch.Generator().manual_seed(int(seed)))
+            for stage, edit in (("sampling_original", False), ("sampling_edited", True)):
+                edit_kwargs = dict(editing_prompt=[words], reverse_editing_direction=[True],
+                                   edit_guidance_scale=[o["edit_guidance_scale"]],
+                                   edit_warmup_steps=[o["edit_warmup_steps"]],
+                                   edit_threshold=[o["edit_threshold"]]) if edit else {}
+                _progress(model, pipe, f"{approach.name} ({stage.split('_')[1]})")
+                with timer(stage):
+                    pair.append(pipe(output_type="latent", callback_on_step_end=_on_step(model, stage),
+                                     **edit_kwargs).images.float())
         reconstruction = np.asarray(inverted.vae_reconstruction_images[0].convert("RGB"))
         record = Inversion(prompt=prompt, method=approach.name, image=crop, reconstruction=reconstruction, x_T=None,
                            uncond_per_step=[], settings={"method": approach.name, "seed": int(seed),

@@ -316,9 +316,6 @@ def _approach(args):
         if given:
             raise SuppressEOTError(f"{' '.join(given)}: SuppressEOT's options, which {approach.name} does not take; "
                                    f"its settings go in --approach-option KEY=VALUE (`suppress-eot approaches`)")
-    elif args.approach_option:
-        raise SuppressEOTError(f"--approach-option sets a baseline's settings; {approach.name} takes SuppressEOT's "
-                               "own options (--alpha, --iterations, ...)")
     return approach
 
 
