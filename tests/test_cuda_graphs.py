@@ -197,11 +197,11 @@ def test_a_second_image_replays_the_first_images_graphs(tiny_model_dir):
     # explicit attention: deterministic backward passes (see test_graphs_give_the_eager_results)
     model = SuppressEOT.from_pretrained(tiny_model_dir, device="cuda", progress=False, fused_attention=False)
     first = model.generate(PROMPT, "glasses", seed=3, **SHORT)
-    steps = list(model.backend._step_cache.values())
+    steps = list(model.backend._step_cache.steps.values())
     captures = [step.captures for step in steps]
     assert len(steps) == 3 and all(c == 1 for c in captures)
     second = model.generate(PROMPT, "glasses", seed=3, **SHORT)
-    assert [step.captures for step in model.backend._step_cache.values()] == captures
+    assert [step.captures for step in model.backend._step_cache.steps.values()] == captures
     np.testing.assert_array_equal(second.final_latents, first.final_latents)
     assert [r["total"] for r in second.ito_log] == [r["total"] for r in first.ito_log]
     stage = "swr_ito_sampling"
