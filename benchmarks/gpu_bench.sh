@@ -17,7 +17,7 @@
 # `suppresseot doctor --fix-jittor`; its core is compiled while the random model is being built, so
 # neither cost lands in a timed stage. The study manifest runs with --fast --group-size 16 (GROUP) (after the
 # bench, see below), benchmarks/throughput.py compares its images per hour with the official code's (case by case),
-# and benchmarks/profile_jittor.py shows where Jittor's time goes.
+# and benchmarks/probes/profile_jittor.py shows where Jittor's time goes.
 # Progress goes to WORKDIR/log; results to WORKDIR/results, WORKDIR/profile_jittor.log.
 set -u
 cd "$(dirname "$0")/.."
@@ -70,11 +70,11 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 # "cache"), and the bench's timed runs come after warm-ups anyway. bench.py writes its report after every
 # (implementation, mode); the Jittor child writes its own after every mode (results/jittor-child/), so a lease
 # that runs out keeps what finished (run BENCH_BACKENDS=torch first where device time is short).
-# STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probe_conv.py),
-# gnprobe (Jittor's GroupNorm kernels alone, benchmarks/probe_groupnorm.py), profile (benchmarks/profile_jittor.py), bench, study, report (a few study cases on both backends for the
+# STEPS picks parts, run in this order: convprobe (cuDNN convolutions alone, torch and jittor, benchmarks/probes/probe_conv.py),
+# gnprobe (Jittor's GroupNorm kernels alone, benchmarks/probes/probe_groupnorm.py), profile (benchmarks/probes/profile_jittor.py), bench, study, report (a few study cases on both backends for the
 # study report's table), steps (e.g. STEPS=profile for
 # the Jittor profile alone; "steps" adds
-# benchmarks/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
+# benchmarks/probes/profile_steps.py, the torch faithful steps eager vs graphed, kernel by kernel; PROFILE_FLAGS="--fast
 # --compile" profiles fast mode and adds the compiled UNet; PROFILE_JITTOR_FLAGS=--static adds jittor's replayed
 # static graphs to the Jittor profile); CONVPROBE the convolution probes; STUDY_FLAGS adds batch options; BENCH_IMPLS the torch-side
 # implementations; JITTOR_MEMORY=1 adds one untimed Jittor run per mode for its peak memory (bench.py
@@ -83,33 +83,33 @@ say "model: rc $? $(du -sh "$MODEL" | cut -f1)"
 STEPS=" ${STEPS:-study bench profile} "
 
 if [[ $STEPS == *" convprobe "* ]]; then
-# cuDNN convolutions alone (benchmarks/probe_conv.py): torch with/without TF32, NCHW/NHWC, and jittor; time, error
-say "convolution probe (benchmarks/probe_conv.py)"
+# cuDNN convolutions alone (benchmarks/probes/probe_conv.py): torch with/without TF32, NCHW/NHWC, and jittor; time, error
+say "convolution probe (benchmarks/probes/probe_conv.py)"
 mkdir -p "$RESULTS/convprobe"
 # CONVPROBE picks the probes: torch's three settings, jittor, and cuDNN's legacy API with and without its set-up
 for v in ${CONVPROBE:-torch-1-nchw torch-0-nchw torch-1-nhwc jittor cudnn-setup cudnn-cached}; do
   case $v in
   torch-*) IFS=- read -r _ tf32 layout <<< "$v"
-    PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework torch --tf32 "$tf32" \
+    PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probes/probe_conv.py --framework torch --tf32 "$tf32" \
       --layout "$layout" --out "$RESULTS/convprobe/torch-tf32$tf32-$layout.json" >> "$W/convprobe.log" 2>&1 ;;
-  jittor) PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_conv.py --framework jittor \
+  jittor) PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probes/probe_conv.py --framework jittor \
       --out "$RESULTS/convprobe/jittor-nchw.json" >> "$W/convprobe.log" 2>&1 ;;
-  *) PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probe_conv.py --framework "$v" \
+  *) PYTHONPATH=$TORCH_PATH timeout 300 python3 benchmarks/probes/probe_conv.py --framework "$v" \
       --out "$RESULTS/convprobe/$v.json" >> "$W/convprobe.log" 2>&1 ;;
   esac
   say "  $v: rc $?"
 done
 fi
 if [[ $STEPS == *" gnprobe "* ]]; then
-say "GroupNorm kernels alone (benchmarks/probe_groupnorm.py), batch 1 and 2"
+say "GroupNorm kernels alone (benchmarks/probes/probe_groupnorm.py), batch 1 and 2"
 for b in 1 2; do
-  PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probe_groupnorm.py --batch $b >> "$W/gnprobe.log" 2>&1
+  PYTHONPATH=$JITTOR_PATH timeout 300 python3 benchmarks/probes/probe_groupnorm.py --batch $b >> "$W/gnprobe.log" 2>&1
   say "  batch $b: rc $?"
 done
 fi
 if [[ $STEPS == *" profile "* ]]; then
-say "jittor profile (benchmarks/profile_jittor.py)"
-PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_jittor.py --model-dir "$MODEL" --out "$RESULTS" \
+say "jittor profile (benchmarks/probes/profile_jittor.py)"
+PYTHONPATH=$JITTOR_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/probes/profile_jittor.py --model-dir "$MODEL" --out "$RESULTS" \
   ${PROFILE_JITTOR_FLAGS:-} > "$W/profile_jittor.log" 2>&1
 say "jittor profile: rc $? $(grep -h ' ms ' "$W/profile_jittor.log" | tr '\n' ' ')"
 fi
@@ -157,8 +157,8 @@ else
 say "throughput: skipped (needs both: add 'study' and 'bench' to STEPS)"
 fi
 if [[ $STEPS == *" steps "* ]]; then
-say "torch step profile (benchmarks/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"
-PYTHONPATH=$TORCH_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/profile_steps.py --model-dir "$MODEL" \
+say "torch step profile (benchmarks/probes/profile_steps.py: faithful's repeated steps, eager vs graphed, kernels)"
+PYTHONPATH=$TORCH_PATH timeout "${PROFILE_TIMEOUT:-300}" python3 benchmarks/probes/profile_steps.py --model-dir "$MODEL" \
   ${PROFILE_FLAGS:-} --out "$RESULTS" > "$W/profile_steps.log" 2>&1
 say "torch step profile: rc $?"
 fi

@@ -20,6 +20,28 @@ import pytest  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_DIR = FIXTURES / "clip-tokenizer"
 
+# Tests that need a CUDA GPU: `@requires_gpu` (the `gpu` marker, registered in pyproject.toml). Where torch sees
+# no CUDA they are skipped with GPU_SKIP_REASON (pytest_collection_modifyitems below); on the GPU machine
+# benchmarks/gpu_check.sh runs them alone (`pytest -m gpu tests/`).
+requires_gpu = pytest.mark.gpu
+GPU_SKIP_REASON = "needs a CUDA GPU: run benchmarks/gpu_check.sh on a GPU machine"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+        for item in gpu_items:
+            item.add_marker(skip)
+
 
 def reference_fixture_dir() -> Path | None:
     """The official code's outputs on a tiny model (../shared/fixtures/reference-tiny), if present."""

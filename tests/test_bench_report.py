@@ -69,10 +69,11 @@ def test_x_diffusers_divides_by_diffusers_fastest_generation_of_the_run(bench):
 
 
 def test_conv_probe_reference_is_a_float64_same_convolution():
-    """benchmarks/probe_conv.py tells TF32 from exact fp32 by its float64 reference: it must be the convolution."""
+    """benchmarks/probes/probe_conv.py tells TF32 from exact fp32 by its float64 reference: it must be the
+    convolution."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("suppresseot_probe_conv", BENCH.parent / "probe_conv.py")
+    spec = importlib.util.spec_from_file_location("suppresseot_probe_conv", BENCH.parent / "probes" / "probe_conv.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     rng = np.random.default_rng(0)

@@ -12,6 +12,8 @@ from suppresseot.algorithm.pipeline import adam_scalars
 from suppresseot.backends.step_cache import step_key
 from suppresseot.config import InversionSettings
 
+from conftest import requires_gpu
+
 pytest.importorskip("diffusers")
 PROMPT = "A man with a beard wearing glasses and a hat in blue shirt"
 PHOTO = Path(__file__).parents[1] / "src/suppresseot/data/study/examples" / f"{PROMPT}.jpg"
@@ -158,7 +160,7 @@ def test_graph_cache_serves_later_images_and_follows_the_settings(small_model_di
     assert len(made) == 9
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (run on a GPU machine)")
+@requires_gpu
 def test_graphs_give_the_eager_results(tiny_model_dir, monkeypatch):
     """Generation: bit for bit. Null-text on the tiny model: the first loss is bitwise equal, later ones
     drift in the last bits (measured on an H100: 2e-4 relative; cause not pinned down) while on SD v1.4's
@@ -188,7 +190,7 @@ def test_graphs_give_the_eager_results(tiny_model_dir, monkeypatch):
     np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (run on a GPU machine)")
+@requires_gpu
 def test_a_second_image_replays_the_first_images_graphs(tiny_model_dir):
     """The graph cache on a GPU: the second image captures nothing, gives the first's results bit for bit, and
     its peak memory still counts the graphs' working memory (a replay allocates nothing)."""
@@ -197,11 +199,11 @@ def test_a_second_image_replays_the_first_images_graphs(tiny_model_dir):
     # explicit attention: deterministic backward passes (see test_graphs_give_the_eager_results)
     model = SuppressEOT.from_pretrained(tiny_model_dir, device="cuda", progress=False, fused_attention=False)
     first = model.generate(PROMPT, "glasses", seed=3, **SHORT)
-    steps = list(model.backend._step_cache.values())
+    steps = list(model.backend._step_cache.steps.values())
     captures = [step.captures for step in steps]
     assert len(steps) == 3 and all(c == 1 for c in captures)
     second = model.generate(PROMPT, "glasses", seed=3, **SHORT)
-    assert [step.captures for step in model.backend._step_cache.values()] == captures
+    assert [step.captures for step in model.backend._step_cache.steps.values()] == captures
     np.testing.assert_array_equal(second.final_latents, first.final_latents)
     assert [r["total"] for r in second.ito_log] == [r["total"] for r in first.ito_log]
     stage = "swr_ito_sampling"

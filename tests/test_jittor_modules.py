@@ -457,11 +457,11 @@ def nn_bmm(a, b):
 
 
 def test_profile_op_kinds_sum_jittors_profiler_rows():
-    """benchmarks/profile_jittor.py's table by op kind: every profiled op counted once, under a kind that says
-    what it is (jittor's CUDA ops by name, fused ops by their parts)."""
+    """benchmarks/probes/profile_jittor.py's table by op kind: every profiled op counted once, under a kind that
+    says what it is (jittor's CUDA ops by name, fused ops by their parts)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_jittor.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probes" / "profile_jittor.py"
     spec = importlib.util.spec_from_file_location("suppresseot_profile_jittor", path)
     profile = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(profile)

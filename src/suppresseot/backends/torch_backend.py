@@ -231,7 +231,7 @@ class TorchBackend:
         self._pipelines = {}  # diffusers pipelines built on these modules (the baselines), by class
         # Repeated steps replay CUDA graphs: the same kernels as eager (bitwise-equal SD v1.4 runs on an H100),
         # minus the host's launch overhead, which limits both modes: a bf16 null-text iteration is 4x faster
-        # replayed, and in fp32 (H200, benchmarks/profile_steps.py) its 60 ms of kernels took 118 ms eagerly
+        # replayed, and in fp32 (H200, benchmarks/probes/profile_steps.py) its 60 ms of kernels took 118 ms eagerly
         # (3200 launches, the checkpointed attention's Python among them). Costs reserved memory for the
         # graphs' pool, not allocated memory. On by default on a GPU.
         self.cuda_graphs = (True if cuda_graphs is None else bool(cuda_graphs)) and on_gpu
@@ -245,7 +245,7 @@ class TorchBackend:
             # without TF32, cuDNN convolutions allowed TF32. SUPPRESSEOT_STRICT_FP32=1 turns TF32 off in
             # convolutions too, at a price: on an H100 (cuDNN 9.19) cuDNN then picks batch-1 fp32 conv
             # algorithms that take a UNet forward from 59 to 171 ms and an ITO step from 8 to 25 GiB
-            # (benchmarks/profile_unet.py). Fast: TF32 everywhere.
+            # (benchmarks/probes/profile_unet.py). Fast: TF32 everywhere.
             import os
 
             strict = os.environ.get("SUPPRESSEOT_STRICT_FP32", "") not in ("", "0") and not fast
@@ -278,7 +278,8 @@ class TorchBackend:
                 module.to(self.device)
         # NHWC convolutions on a GPU: cuDNN's kernels (TF32 or bf16 tensor cores) work in NHWC and otherwise
         # transpose every input and output (fp32 null-text iteration on an H200: 6 of 60 ms of kernels; a
-        # graphed bf16 one takes 16.5 instead of 20.5 ms on the H100, profile_fast.py). Same arithmetic.
+        # graphed bf16 one takes 16.5 instead of 20.5 ms on the H100, benchmarks/probes/profile_fast.py).
+        # Same arithmetic.
         self.use_channels_last(on_gpu if channels_last is None else bool(channels_last))
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.latent_size, self.image_size = sample_sizes(dict(self.unet_model.config), dict(self.vae.config))
@@ -300,7 +301,7 @@ class TorchBackend:
         # torch.compile (inductor) for the UNet calls that record no maps: null-text iterations, inversion
         # steps, unconditional passes, i.e. most of a real photo's work. It fuses the normalizations, layout
         # copies and pointwise ops around the GEMMs and convolutions into fewer kernels (a bf16 null-text
-        # iteration replayed on an H200: 15 -> 12 ms, benchmarks/profile_steps.py --compile), at the price of a
+        # iteration replayed on an H200: 15 -> 12 ms, benchmarks/probes/profile_steps.py --compile), at the price of a
         # compilation per batch shape and grad mode (minutes; inductor caches it on disk). Recorded calls stay
         # eager: the recorder is Python state that a compiled graph cannot hand maps to. Opt-in; True means
         # inductor, a string or callable is handed to torch.compile as its backend (tests trace without codegen).

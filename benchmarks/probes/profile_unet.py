@@ -4,7 +4,7 @@ The faithful mode ran strict fp32 with explicit attention (on a GPU it now fuses
 costs for the two calls SuppressEOT makes most: a no-grad forward (sampling, inversion) and an ITO
 forward+backward to the text embedding through the recorded 16x16 maps. Usage:
 
-    python benchmarks/profile_unet.py --model-dir .bench/random-sd-v1 [--size sd-v1] [--out DIR]
+    python benchmarks/probes/profile_unet.py --model-dir .bench/random-sd-v1 [--size sd-v1] [--out DIR]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder  # noqa: E402

@@ -7,7 +7,7 @@ ops. Forwards at batch 1, 2 and 4 split host from GPU time another way: where th
 batch, the host's work per op is what the GPU waits for (the floor), and the growth is the GPU's share. Usage (on
 the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
 
-    python benchmarks/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25] [--static] [--out DIR]
+    python benchmarks/probes/profile_jittor.py --model-dir .bench/random-sd-v1 [--top 25] [--static] [--out DIR]
 
 ``--out`` also writes the op-kind tables as ``DIR/profile_jittor_ops.md``.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from suppresseot.backends.jittor.backend import JittorBackend  # noqa: E402

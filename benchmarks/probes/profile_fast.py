@@ -2,7 +2,7 @@
 backward to the unconditional embedding, batch 1), eager vs CUDA-graph replay, NCHW vs channels-last,
 bfloat16 vs float16. Median milliseconds of 20 calls. Usage:
 
-    python benchmarks/profile_fast.py --model-dir .bench/random-sd-v1
+    python benchmarks/probes/profile_fast.py --model-dir .bench/random-sd-v1
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from suppresseot.backends.cuda_graphs import GraphedStep  # noqa: E402

@@ -6,7 +6,7 @@ SMs idle, so a second stream may fill them. This measures that before any pipeli
 N null-text iterations alone, M denoising steps alone, and both queued on two streams at once (graphs in
 separate memory pools); overlap = (alone sum - together) / the shorter of the two.
 
-    python benchmarks/profile_overlap.py --model-dir .bench/random-sd-v1 [--no-fast] [--out DIR]
+    python benchmarks/probes/profile_overlap.py --model-dir .bench/random-sd-v1 [--no-fast] [--out DIR]
 """
 from __future__ import annotations
 

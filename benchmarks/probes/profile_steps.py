@@ -10,7 +10,7 @@ torch.compile'd UNet (--compile-options: more variants, with inductor options); 
 pass per step with the defaults, its kernels summed by kind (convolution, matmul, softmax, normalization,
 elementwise, copies) and the top kernels. Usage:
 
-    python benchmarks/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--cudnn-benchmark] [--out DIR]
+    python benchmarks/probes/profile_steps.py --model-dir .bench/random-sd-v1 [--fast] [--cudnn-benchmark] [--out DIR]
         [--compile [--compile-mode M]] [--compile-options conv_1x1_as_mm=1,coordinate_descent_tuning=1 ...]
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder  # noqa: E402

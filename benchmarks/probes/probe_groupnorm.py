@@ -2,7 +2,7 @@
 shapes: milliseconds a call (forward without gradients; forward + backward to the input), and the error of each
 against float64 numpy. Usage (on the GPU, in the jittor environment; see benchmarks/gpu_bench.sh):
 
-    python benchmarks/probe_groupnorm.py [--batch 1] [--repeats 20]
+    python benchmarks/probes/probe_groupnorm.py [--batch 1] [--repeats 20]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Does the web app's Cancel free the GPU? Start the app on a model, run, cancel mid-run, compare device memory.
 
-    python benchmarks/app_cancel.py --model /path/to/sd-v1 --device cuda      # or --random sd-v1 (no weights)
+    python benchmarks/probes/app_cancel.py --model /path/to/sd-v1 --device cuda      # or --random sd-v1 (no weights)
 
 Prints allocated/reserved bytes before the run, during it and after Cancel, and exits 1 when the memory
 held after Cancel exceeds the idle level by more than --slack bytes (or the run did not stop).
@@ -44,7 +44,7 @@ def main() -> int:
     if args.random:
         from suppresseot.random_model import save_random_model
 
-        tokenizer = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "clip-tokenizer"
+        tokenizer = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "clip-tokenizer"
         model_dir = save_random_model(work / "model", tokenizer, size=args.random)
     model = SuppressEOT.from_pretrained(model_dir, backend=args.backend, device=args.device)
     app = App(model, work / "runs")

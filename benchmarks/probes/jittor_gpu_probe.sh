@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Jittor 1.3.11 on a CUDA 13 GPU machine (no internet): install from carried files, patch with
 # `suppress-eot doctor --fix-jittor`, then check matmul/conv2d/softmax/GroupNorm/jt.grad/float16/cub ops on the GPU.
-# Run from the repository root ON THE GPU MACHINE:   bash benchmarks/jittor_gpu_probe.sh
+# Run from the repository root ON THE GPU MACHINE:   bash benchmarks/probes/jittor_gpu_probe.sh
 # Writes logs under $OUT (default ./probe-out); prints PASS/FAIL lines and a summary at the end. ~3-6 minutes.
 #
 # Carried files (.whl/, ignored by git via .git/info/exclude), downloaded on a machine with internet:
@@ -15,7 +15,7 @@
 # type_num; numpy 2 put a 64-bit `flags` there), so numpy 1.26.4 goes into its own --target folder that only the
 # jittor processes see; check 4 tries the machine's numpy 2 as well, for the record.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO=$PWD
 OUT=${OUT:-$REPO/probe-out}
 mkdir -p "$OUT"

@@ -6,10 +6,10 @@ convolutions alone (forward and backward to the input, batch 1 and 2, fp32; ten 
 and measures each output's relative error against a float64 numpy reference, which tells TF32
 (~3e-4 here) from exact fp32 (~1e-6). One framework and one setting per process:
 
-    python benchmarks/probe_conv.py --framework torch --tf32 1 [--layout nhwc]
-    python benchmarks/probe_conv.py --framework jittor
-    python benchmarks/probe_conv.py --framework cudnn-setup     # cuDNN's legacy API through ctypes (torch's
-    python benchmarks/probe_conv.py --framework cudnn-cached    # libcudnn and memory; forward only)
+    python benchmarks/probes/probe_conv.py --framework torch --tf32 1 [--layout nhwc]
+    python benchmarks/probes/probe_conv.py --framework jittor
+    python benchmarks/probes/probe_conv.py --framework cudnn-setup     # cuDNN's legacy API through ctypes (torch's
+    python benchmarks/probes/probe_conv.py --framework cudnn-cached    # libcudnn and memory; forward only)
 
 On an H200 (docs/jittor.md) jittor's convolutions already ran in TF32, at 0.15-0.35 ms a call whatever
 the shape or batch: host time per call, not GPU time. The last row times one elementwise op (x * c) the same
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 # (in channels, out channels, side, kernel): the UNet's convolutions at 64x64 latents
