@@ -1,4 +1,4 @@
-"""``eval`` (CLIPScore, detector counts) and ``report``, on tiny random CLIP / OWLv2 / SD models built from configs.
+"""``eval`` (CLIPScore, detector counts, preservation) and ``report``, on tiny random CLIP / OWLv2 / SD models built from configs.
 
 No weights are downloaded: the tiny models have random weights, so the numbers mean nothing; what is
 tested is that the formula, the grouping, the deltas and the report's tables and plots are right.
@@ -6,6 +6,7 @@ tested is that the formula, the grouping, the deltas and the report's tables and
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,10 @@ from PIL import Image
 
 from suppresseot.cli import main
 from suppresseot.evaluation import dataset_of, find_runs, read_csv
-from suppresseot.evaluation.clipscore import PREFIX, CLIPScorer, clip_score, split_prompt, summarise
+from suppresseot.evaluation.clipscore import (COLUMNS, PREFIX, CLIPScorer, clip_score, split_prompt,
+                                               ssim_columns, summarise)
+from suppresseot.evaluation.preservation import (clip_image_similarity, cosine, outside_mask, ssim,
+                                                 ssim_outside_boxes)
 from suppresseot.runs import ITO_COLUMNS, NULL_TEXT_COLUMNS, write_csv
 from suppresseot.tokens import Tokenizer, token_table
 
@@ -153,7 +157,7 @@ def test_clipscore_matches_hand_computed(tiny_clip):
     assert np.allclose(np.linalg.norm(scorer.embed_texts(texts), axis=1), 1, atol=1e-5)
 
 
-def test_eval_errors_are_one_line(capsys, tmp_path, tiny_clip, tokenizer):
+def test_eval_errors_are_one_line(capsys, tmp_path, tiny_clip, tokenizer, monkeypatch):
     def one_line(argv, expected):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -164,6 +168,9 @@ def test_eval_errors_are_one_line(capsys, tmp_path, tiny_clip, tokenizer):
     fake_run(tmp_path, "vangogh-01--torch", tokenizer)
     one_line(["eval", str(tmp_path), "--clip-model", str(tmp_path / "no-such-model")], "cannot load the CLIP model")
     one_line(["eval", str(tmp_path), "--clip-model", str(tmp_path)], "cannot load the CLIP model")
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "skimage.metrics", None)  # as if scikit-image were not installed
+        one_line(["eval", str(tmp_path), "--clip-model", str(tiny_clip)], "pip install 'suppresseot[eval]'")
     one_line(["report", str(tmp_path), str(tmp_path / "missing"), "--out", str(tmp_path / "r")], "is not a folder")
     one_line(["report", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "r"), "--labels", "a", "a"],
              "two different names")
@@ -198,10 +205,11 @@ def test_eval_scores_groups_and_deltas(capsys, synthetic, tiny_clip):
         "coco-car-gen-139--torch": ("coco-car-gen", "torch", "suppress"),
         "unsplash-01--torch": ("unsplash", "torch", "add"),
         "my-own-run": ("custom", "torch", "suppress"), "generated-a-cat-tok3": ("misc", "unknown", "suppress")}
+    assert all(r["approach"] == "suppresseot" for r in rows.values())  # runs made before approaches existed
     assert rows["vangogh-01--torch"]["kept_prompt"] == "A dog in"
     assert rows["coco-car-gen-139--torch"]["kept_prompt"] == "two parked near the trees"
 
-    # every score is the scorer's, and the deltas are suppressed minus original
+    # every score is the scorer's, and the deltas are suppressed minus original; preservation of the same pair
     scorer = CLIPScorer(tiny_clip, device="cpu")
     for run in find_runs(synthetic):
         row = rows[run.name]
@@ -209,11 +217,15 @@ def test_eval_scores_groups_and_deltas(capsys, synthetic, tiny_clip):
         (op, ok), (sp, sk) = scorer.scores(images, [run.prompt, row["kept_prompt"]])
         for column, value in (("original_vs_prompt", op), ("suppressed_vs_prompt", sp),
                               ("original_vs_kept", ok), ("suppressed_vs_kept", sk),
-                              ("delta_prompt", sp - op), ("delta_kept", sk - ok)):
+                              ("delta_prompt", sp - op), ("delta_kept", sk - ok),
+                              ("clip_image_similarity", cosine(*scorer.embed_images(images))),
+                              ("ssim", ssim(*images))):
             assert float(row[column]) == pytest.approx(value, abs=1e-5), (run.name, column)
+        assert -1 <= float(row["ssim"]) < 0.1  # two different noise images
+        assert row["ssim_outside_boxes"] == row["boxes"] == ""  # they need --detector
 
     # one table row per dataset and backend; add-mode runs apart; means of the member runs
-    table = {(e["dataset"], e["backend"]): e for e in summarise(list(rows.values()))}
+    table = {(e["dataset"], e["backend"]): e for e in summarise(list(rows.values()))}  # one approach here
     assert set(table) == {("vangogh", "torch"), ("vangogh", "jittor"), ("coco-car-gen", "torch"),
                           ("unsplash (add)", "torch"), ("custom", "torch"), ("misc", "unknown")}
     members = [rows[f"vangogh-0{n}--jittor"] for n in (1, 2)]
@@ -223,8 +235,74 @@ def test_eval_scores_groups_and_deltas(capsys, synthetic, tiny_clip):
     assert table[("vangogh", "jittor")]["dropped"] == np.mean([float(r["delta_prompt"]) < 0 for r in members])
     markdown = (synthetic / "clipscores.md").read_text()
     assert markdown in printed
-    assert len(re.findall(r"^\| vangogh \| (torch|jittor) \| 2 \|", markdown, re.M)) == 2
-    assert "| unsplash (add) | torch | 1 |" in markdown
+    assert len(re.findall(r"^\| vangogh \| suppresseot \| (torch|jittor) \| 2 \|", markdown, re.M)) == 2
+    assert "| unsplash (add) | suppresseot | torch | 1 |" in markdown
+    assert "SSIM outside boxes" not in markdown
+
+
+def test_eval_summarises_each_approach_apart(capsys, tmp_path, tokenizer, tiny_clip):
+    """Runs of one task by two approaches (as `batch --approach` names them) are two rows of the table."""
+    out = tmp_path / "results"
+    fake_run(out, "vangogh-01--torch", tokenizer, image_seeds=(1, 2))
+    fake_run(out, "vangogh-02--torch", tokenizer, image_seeds=(3, 4), extra={"approach": {"name": "suppresseot"}})
+    fake_run(out, "vangogh-01--negative-prompt--torch", tokenizer, image_seeds=(1, 1),
+             extra={"approach": {"name": "negative-prompt"}})
+    assert main(["eval", str(out), "--clip-model", str(tiny_clip), "--device", "cpu", "--no-progress"]) == 0
+    rows = {r["run_dir"]: r for r in read_csv(out / "clipscores.csv")}
+    assert list(read_csv(out / "clipscores.csv")[0]) == COLUMNS
+    assert COLUMNS.index("approach") == COLUMNS.index("mode") + 1
+    assert rows["vangogh-01--negative-prompt--torch"]["approach"] == "negative-prompt"
+    assert rows["vangogh-01--negative-prompt--torch"]["task"] == "vangogh-01"
+
+    table = {(e["dataset"], e["approach"], e["backend"]): e for e in summarise(list(rows.values()))}
+    assert set(table) == {("vangogh", "suppresseot", "torch"), ("vangogh", "negative-prompt", "torch")}
+    assert table[("vangogh", "suppresseot", "torch")]["runs"] == 2
+    assert table[("vangogh", "suppresseot", "torch")]["ssim"] == pytest.approx(
+        np.mean([float(rows[f"vangogh-0{n}--torch"]["ssim"]) for n in (1, 2)]))
+    unchanged = table[("vangogh", "negative-prompt", "torch")]  # its "edit" left the image as it was
+    assert unchanged["ssim"] == pytest.approx(1.0) and unchanged["clip_image_similarity"] == pytest.approx(1, abs=1e-5)
+    markdown = (out / "clipscores.md").read_text()
+    assert "| dataset | approach | backend | runs |" in markdown
+    assert re.search(r"^\| vangogh \| suppresseot \| torch \| 2 \|", markdown, re.M)
+    assert re.search(r"^\| vangogh \| negative-prompt \| torch \| 1 \|.*\| 1\.000 \| 1\.000 \|$", markdown, re.M)
+
+
+# --- preservation --------------------------------------------------------------------------------------
+def changed_inside(box, size=64):
+    """A noise image and a copy whose pixels inside ``box`` (xmin, ymin, xmax, ymax, inclusive) are new noise."""
+    xmin, ymin, xmax, ymax = box
+    a = np.asarray(noise(5, size))
+    b = a.copy()
+    b[ymin:ymax + 1, xmin:xmax + 1] = np.asarray(noise(6, size))[ymin:ymax + 1, xmin:xmax + 1]
+    return Image.fromarray(a), Image.fromarray(b)
+
+
+def test_ssim_of_an_image_with_itself_is_one_and_of_noise_low():
+    assert ssim(noise(1), noise(1)) == pytest.approx(1.0)
+    assert abs(ssim(noise(1), noise(2))) < 0.05
+    assert ssim_columns(noise(1), noise(1, 32), boxes=None) == {
+        "note": "original 64x64 and suppressed 32x32 differ in size: no SSIM"}
+
+
+def test_ssim_outside_boxes_ignores_a_change_inside_a_box():
+    box = (24, 20, 43, 39)
+    original, edited = changed_inside(box)
+    assert ssim(original, edited) < 0.95
+    assert ssim_outside_boxes(original, edited, [box]) == pytest.approx(1.0)  # windows touching the box left out
+    assert ssim_outside_boxes(original, edited, []) == pytest.approx(ssim(original, edited))  # no box: whole image
+    assert ssim_outside_boxes(original, edited, [(0, 0, 10, 10)]) < 0.99  # a box elsewhere hides nothing
+    assert ssim_outside_boxes(original, edited, [(0, 0, 10, 10), box]) == pytest.approx(1.0)  # the union
+    assert ssim_outside_boxes(original, edited, [(-5, -5, 80, 80)]) is None  # boxes cover it all: no pixel left
+
+    mask = outside_mask((64, 64), [(24, 20, 43, 39)])
+    assert not mask[:3].any() and not mask[:, -3:].any()  # the border scikit-image leaves out of its mean
+    assert not mask[17:43, 21:47].any() and mask[16, 30] and mask[30, 47]  # the box widened by the window radius
+
+
+def test_clip_image_similarity_of_identical_images_is_one(tiny_clip):
+    scorer = CLIPScorer(tiny_clip, device="cpu")
+    assert clip_image_similarity(scorer, noise(1), noise(1)) == pytest.approx(1.0, abs=1e-5)
+    assert -1 <= clip_image_similarity(scorer, noise(1), Image.new("RGB", (64, 64), "red")) < 1 - 1e-3
 
 
 def test_detector_best_score_and_counts(tiny_owl, synthetic, capsys, tiny_clip):
@@ -247,6 +325,15 @@ def test_detector_best_score_and_counts(tiny_owl, synthetic, capsys, tiny_clip):
     assert count_detected(scores, (sorted(scores)[0] + middle) / 2) == 2
     assert count_detected(scores, 1.0) == 0
 
+    # find: the same best scores, and boxes (pixels, inclusive) only where a box scores above the threshold
+    found = detector.find(images, "car", middle)
+    assert [f.best for f in found] == pytest.approx(scores, abs=1e-6)
+    for f in found:
+        assert bool(f.boxes) == (f.best > middle)
+        assert all(len(box) == 4 and box[0] <= box[2] and box[1] <= box[3] and all(isinstance(v, int) for v in box)
+                   for box in f.boxes)  # a random model's boxes may reach past the image: the mask clips them
+    assert detector.find(images, " ", middle)[0].boxes == []
+
     # through the command: the batch task's target is the query, else the suppressed words
     out = synthetic / "scores.csv"
     assert main(["eval", str(synthetic), "--clip-model", str(tiny_clip), "--device", "cpu", "--no-progress",
@@ -257,10 +344,26 @@ def test_detector_best_score_and_counts(tiny_owl, synthetic, capsys, tiny_clip):
     for row in rows.values():
         for branch in ("original", "suppressed"):
             assert int(row[f"{branch}_detected"]) == int(float(row[f"{branch}_detector_score"]) > middle)
+
+    # ssim_outside_boxes leaves out the boxes found in either image; with none it is the whole image's SSIM
+    for run in find_runs(synthetic):
+        row = rows[run.name]
+        pair = [Image.open(run.path / "original.png").convert("RGB"), Image.open(run.path / "suppressed.png")]
+        before, after = detector.find(pair, row["detector_query"], middle)
+        assert int(row["boxes"]) == len(before.boxes) + len(after.boxes)
+        expected = ssim_outside_boxes(*pair, before.boxes + after.boxes)
+        assert (row["ssim_outside_boxes"] == "") if expected is None else (
+            float(row["ssim_outside_boxes"]) == pytest.approx(expected, abs=1e-9))
+        if row["boxes"] == "0":
+            assert row["ssim_outside_boxes"] == row["ssim"]
+        assert -1 <= float(row["ssim"]) <= 1
+    assert {row["boxes"] for row in rows.values()} - {"0"}, "no run had a box: the masking went untested"
     markdown = (synthetic / "scores.md").read_text()
     vangogh_torch = [rows[f"vangogh-0{n}--torch"] for n in (1, 2)]
     detected = sum(int(r["suppressed_detected"]) for r in vangogh_torch)
-    assert re.search(rf"^\| vangogh \| torch \| 2 \|.*\| \d/2 \| {detected}/2 \|$", markdown, re.M), markdown
+    assert "SSIM outside boxes" in markdown
+    assert re.search(rf"^\| vangogh \| suppresseot \| torch \| 2 \|.*\| \d/2 \| {detected}/2 \|$", markdown,
+                     re.M), markdown
 
 
 # --- report ------------------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ def test_ray_eval_equals_the_local_eval(ray_session, study, tmp_path, capsys):
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert (tmp_path / "ray.md").read_bytes() == (tmp_path / "local.md").read_bytes()
     assert len(read_csv(tmp_path / "ray.csv")) == 5
+    assert all(r["ssim"] and r["clip_image_similarity"] for r in read_csv(tmp_path / "ray.csv"))  # on the workers
 
 
 def test_ray_options_errors_are_one_line(ray_session, study, capsys):

@@ -15,11 +15,14 @@ def add_parser(subparsers) -> None:
     from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD
 
     ev = subparsers.add_parser(
-        "eval", help="CLIPScore of every run against the prompt and against the prompt without the suppressed words",
+        "eval", help="CLIPScore of every run against the prompt and against the prompt without the suppressed words, "
+                     "and how much of the original image the edit kept",
         description="Score the original-branch and the suppressed image of every run directory in RESULTS_DIR with "
                     "CLIPScore (Hessel et al. 2021) against (a) the original prompt (suppression works when it "
-                    "drops) and (b) the prompt without the suppressed words (the rest is kept when it holds). "
-                    "Writes a CSV row per run and a markdown table per dataset and backend.")
+                    "drops) and (b) the prompt without the suppressed words (the rest is kept when it holds), and "
+                    "measure preservation between the two images (CLIP image similarity, SSIM; with --detector, SSIM "
+                    "outside the suppressed object's boxes), the same for every approach. Writes a CSV row per run "
+                    "and a markdown table per dataset, approach and backend.")
     ev.set_defaults(command="eval")
     ev.add_argument("results", metavar="RESULTS_DIR", help="folder of run directories (e.g. the --out of batch)")
     ev.add_argument("--clip-model", default=DEFAULT_CLIP,
@@ -30,9 +33,11 @@ def add_parser(subparsers) -> None:
                          "table is written beside it with the suffix .md")
     ev.add_argument("--detector", nargs="?", const=DEFAULT_DETECTOR, default=None, metavar="MODEL",
                     help="also count images where a zero-shot object detector still finds the suppressed word "
-                         f"(DetScore-style; without MODEL: {DEFAULT_DETECTOR})")
+                         "(DetScore-style) and compute SSIM outside its boxes "
+                         f"(without MODEL: {DEFAULT_DETECTOR})")
     ev.add_argument("--detector-threshold", type=_finite, default=DEFAULT_THRESHOLD,
-                    help="a box scoring above this counts as detected (default: %(default)s)")
+                    help="a box scoring above this counts as detected and is left out of ssim_outside_boxes "
+                         "(default: %(default)s)")
     add_ray_options(ev)
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -73,12 +78,14 @@ def cmd_eval(args) -> int:
     from ..runs import check_writable
     from . import find_runs, write_csv
     from .clipscore import COLUMNS, CLIPScorer, markdown_report, score_runs
+    from .preservation import require_skimage
 
     ray = ray_options(args, args.device)
     runs = find_runs(args.results)
     csv_path = Path(args.out) if args.out else Path(args.results) / "clipscores.csv"
     md_path = csv_path.with_suffix(".md")
     check_writable(csv_path.parent)  # before loading any model
+    require_skimage()
 
     def progress_bar():  # after the models load: a load error stays one line
         return tqdm(total=len(runs), desc="scoring", unit="run", disable=args.no_progress, file=sys.stderr)

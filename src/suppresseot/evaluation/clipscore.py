@@ -9,6 +9,10 @@ the rest scores well, including one where nothing was suppressed. So each image 
   original-branch image (``delta_prompt`` < 0);
 * against the prompt without the suppressed words: the rest of the content is kept when the score
   holds (``delta_kept`` near 0).
+
+Beside the scores each row holds the preservation measures of ``preservation`` (CLIP image similarity,
+SSIM, SSIM outside the detector's boxes), the same for every approach: the row is made from the two
+images alone, whichever approach edited them.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..errors import SuppressEOTError
 from ..tokens import split_prompt
 from . import Run, fmt, group_label, markdown_table, mean, resolve_device, short_error, to_float
 from .detect import detected, detector_query
+from .preservation import cosine, masked_mean, outside_mask, size_mismatch, ssim_map
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PREFIX = "A photo depicts "
@@ -30,8 +35,12 @@ SCORE_COLUMNS = ["original_vs_prompt", "suppressed_vs_prompt", "delta_prompt",
                  "original_vs_kept", "suppressed_vs_kept", "delta_kept"]
 DETECT_COLUMNS = ["detector_query", "original_detector_score", "suppressed_detector_score",
                   "original_detected", "suppressed_detected"]
-COLUMNS = (["run_dir", "task", "dataset", "mode", "backend", "kind", "prompt", "suppressed_words", "kept_prompt"]
-           + SCORE_COLUMNS + DETECT_COLUMNS + ["note"])
+# ssim_outside_boxes and boxes need the detector; without it they stay blank
+PRESERVATION_COLUMNS = ["clip_image_similarity", "ssim", "ssim_outside_boxes", "boxes"]
+RUN_COLUMNS = ["run_dir", "task", "dataset", "mode", "approach", "backend", "kind", "prompt"]
+COLUMNS = (RUN_COLUMNS + ["suppressed_words", "kept_prompt"] + SCORE_COLUMNS + DETECT_COLUMNS + PRESERVATION_COLUMNS
+           + ["note"])
+MEAN_COLUMNS = SCORE_COLUMNS + PRESERVATION_COLUMNS[:3]  # averaged per group in the summary
 
 
 def clip_score(cosine, weight: float = WEIGHT):
@@ -119,38 +128,67 @@ def load_pair(run: Run) -> tuple[Image.Image | None, Image.Image | None]:
     return _load(run.file("original.png")), _load(run.file("suppressed.png"))
 
 
+def run_fields(run: Run) -> dict:
+    """What names a run in its row (``RUN_COLUMNS``), known without its images (a lost Ray chunk's rows too)."""
+    return {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
+            "approach": run.approach, "backend": run.backend, "kind": run.record.get("kind", ""),
+            "prompt": run.prompt}
+
+
 def score_run(run: Run, original: Image.Image | None, suppressed: Image.Image | None, scorer: CLIPScorer,
               detector=None, threshold: float = 0.1) -> dict:
-    """One run's row from its two images (loaded by the caller: a Ray worker gets them from the driver)."""
+    """One run's row from its two images (loaded by the caller: a Ray worker gets them from the driver, so
+    every measure, preservation included, runs where the images are)."""
     kept, words = split_prompt(run.prompt, run.record.get("tokens") or [], run.token_indices)
-    row = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
-           "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
-           "suppressed_words": words, "kept_prompt": kept}
+    row = {**run_fields(run), "suppressed_words": words, "kept_prompt": kept}
     if original is None or suppressed is None:
         row["note"] = "original.png or suppressed.png missing"
         return row
-    (op, ok), (sp, sk) = scorer.scores([original, suppressed], [run.prompt, kept]).tolist()
+    embedded = scorer.embed_images([original, suppressed])  # once, for the scores and the image similarity
+    (op, ok), (sp, sk) = clip_score(embedded @ scorer.embed_texts([run.prompt, kept]).T).tolist()
     row.update(original_vs_prompt=op, suppressed_vs_prompt=sp, delta_prompt=sp - op,
-               original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok)
+               original_vs_kept=ok, suppressed_vs_kept=sk, delta_kept=sk - ok,
+               clip_image_similarity=cosine(*embedded))
+    boxes = None
     if detector is not None:
         query = detector_query(run, words)
-        before, after = detector.best_scores([original, suppressed], query)
-        row.update(detector_query=query, original_detector_score=before, suppressed_detector_score=after,
-                   original_detected=int(detected(before, threshold)),
-                   suppressed_detected=int(detected(after, threshold)))
+        before, after = detector.find([original, suppressed], query, threshold)
+        row.update(detector_query=query, original_detector_score=before.best, suppressed_detector_score=after.best,
+                   original_detected=int(detected(before.best, threshold)),
+                   suppressed_detected=int(detected(after.best, threshold)))
+        boxes = before.boxes + after.boxes
+    row.update(ssim_columns(original, suppressed, boxes))
     return row
 
 
+def ssim_columns(original: Image.Image, suppressed: Image.Image, boxes: list | None) -> dict:
+    """The row's ``ssim``, and with the detector's ``boxes`` (None: no detector) ``ssim_outside_boxes``.
+
+    One SSIM map serves both; images of different sizes get a note instead, as SSIM compares pixels.
+    """
+    problem = size_mismatch(original, suppressed)
+    if problem:
+        return {"note": problem}
+    score, full = ssim_map(original, suppressed)
+    if boxes is None:
+        return {"ssim": score}
+    outside = masked_mean(full, outside_mask(full.shape, boxes)) if boxes else score  # no box: the same, exactly
+    return {"ssim": score, "ssim_outside_boxes": outside, "boxes": len(boxes)}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Means per (dataset, backend), the share of runs whose score against the prompt dropped, detector counts."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Means per (dataset, approach, backend), the share of runs whose score against the prompt dropped, detector
+    counts: approaches side by side on the same measures."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((group_label(row["dataset"], row.get("mode", "")), row["backend"]), []).append(row)
+        key = (group_label(row["dataset"], row.get("mode", "")), row.get("approach") or "suppresseot", row["backend"])
+        groups.setdefault(key, []).append(row)
     table = []
-    for (dataset, backend), members in sorted(groups.items()):
+    for (dataset, approach, backend), members in sorted(groups.items()):
         scored = [r for r in members if to_float(r.get("delta_prompt")) is not None]
-        entry = {"dataset": dataset, "backend": backend, "runs": len(members), "scored": len(scored)}
-        for column in SCORE_COLUMNS:
+        entry = {"dataset": dataset, "approach": approach, "backend": backend, "runs": len(members),
+                 "scored": len(scored)}
+        for column in MEAN_COLUMNS:
             entry[column] = mean(to_float(r.get(column)) for r in scored)
         entry["dropped"] = (sum(to_float(r["delta_prompt"]) < 0 for r in scored) / len(scored)) if scored else None
         checked = [r for r in scored if str(r.get("original_detected", "")) in ("0", "1")]
@@ -163,20 +201,23 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def summary_markdown(table: list[dict]) -> str:
-    columns = ["dataset", "backend", "runs", "orig→prompt", "supp→prompt", "Δ prompt", "dropped",
-               "orig→kept", "supp→kept", "Δ kept"]
+    columns = ["dataset", "approach", "backend", "runs", "orig→prompt", "supp→prompt", "Δ prompt", "dropped",
+               "orig→kept", "supp→kept", "Δ kept", "CLIP img sim", "SSIM"]
     detector = any("detector_checked" in e for e in table)
     if detector:
-        columns += ["detected orig", "detected supp"]
+        columns += ["SSIM outside boxes", "detected orig", "detected supp"]
     body = []
     for e in table:
-        line = [e["dataset"], e["backend"], e["runs"] if e["scored"] == e["runs"] else f"{e['scored']}/{e['runs']}",
+        line = [e["dataset"], e["approach"], e["backend"],
+                e["runs"] if e["scored"] == e["runs"] else f"{e['scored']}/{e['runs']}",
                 e["original_vs_prompt"], e["suppressed_vs_prompt"], e["delta_prompt"],
                 None if e["dropped"] is None else f"{100 * e['dropped']:.0f}%",
-                e["original_vs_kept"], e["suppressed_vs_kept"], e["delta_kept"]]
+                e["original_vs_kept"], e["suppressed_vs_kept"], e["delta_kept"],
+                e["clip_image_similarity"], e["ssim"]]
         if detector:
             n = e.get("detector_checked")
-            line += [f"{e['original_detected']}/{n}" if n else "", f"{e['suppressed_detected']}/{n}" if n else ""]
+            line += [e["ssim_outside_boxes"],
+                     f"{e['original_detected']}/{n}" if n else "", f"{e['suppressed_detected']}/{n}" if n else ""]
         body.append([fmt(v) if isinstance(v, float) else v for v in line])
     return markdown_table(columns, body)
 
@@ -190,11 +231,19 @@ def markdown_report(rows: list[dict], model: str, detector: str | None = None, t
             "original-branch image (Δ prompt < 0; *dropped*: share of runs where it did).",
             "- *kept*: the prompt without the suppressed words; the rest of the content is kept when Δ kept stays "
             "near 0.",
-            "- rows marked (add) strengthen the token (negative alpha): there Δ prompt should rise."]
+            "- rows marked (add) strengthen the token (negative alpha): there Δ prompt should rise.",
+            "- preservation of the original in the suppressed image (higher keeps more; 1 is unchanged, as an edit "
+            "that did nothing is, so read it beside Δ prompt): *CLIP img sim*, the cosine of their CLIP image "
+            "embeddings; *SSIM*, their structural similarity."]
     if detector:
         text.append(f"- *detected*: images where {detector} still finds the suppressed word with a score above "
-                    f"{threshold:g} (original / suppressed).")
-    missing = [r["run_dir"] for r in rows if r.get("note")]
+                    f"{threshold:g} (original / suppressed); *SSIM outside boxes*: SSIM of the pixels whose window "
+                    f"touches none of those boxes (from either image), so the object's own change does not count.")
+    missing = [r["run_dir"] for r in rows if to_float(r.get("delta_prompt")) is None]
+    odd = [f"{r['run_dir']} ({r['note']})" for r in rows
+           if r.get("note") and to_float(r.get("delta_prompt")) is not None]
+    if odd:
+        text.append("- notes: " + "; ".join(odd[:10]) + (" ..." if len(odd) > 10 else ""))
     if missing:
         more = " ..." if len(missing) > 10 else ""
         text.append(f"- not scored ({len(missing)}): " + ", ".join(missing[:10]) + more)

@@ -2,14 +2,16 @@
 
 Each worker loads its scorers once; the driver reads the run directories, sends the images in chunks
 of runs (the nodes share no folder) and writes the CSV and the table itself, rows in the order a local
-``eval`` writes them. A chunk whose worker died is scored again by another; one given up is listed
-with a note, as a run with missing images is.
+``eval`` writes them. The workers compute every column, the preservation measures (SSIM, CLIP image
+similarity, SSIM outside the detector's boxes) included, from the images they are sent. A chunk whose
+worker died is scored again by another; one given up is listed with a note, as a run with missing
+images is.
 """
 from __future__ import annotations
 
 from ..ray_pool import RayOptions, RaySession, WorkerPool, describe_worker, plan_workers
 from . import Run
-from .clipscore import load_pair, score_run
+from .clipscore import load_pair, run_fields, score_run
 
 CHUNK = 16  # runs a call: small enough to rebalance, large enough to keep a GPU busy
 
@@ -57,9 +59,7 @@ def score_runs_ray(runs: list[Run], clip_model: str, detector_model: str | None,
 
         def on_lost(start: int, why: str) -> None:
             for k, run in enumerate(runs[start:start + chunk]):
-                rows[start + k] = {"run_dir": run.name, "task": run.task_id, "dataset": run.dataset, "mode": run.mode,
-                                   "backend": run.backend, "kind": run.record.get("kind", ""), "prompt": run.prompt,
-                                   "note": f"not scored: {why}"}
+                rows[start + k] = {**run_fields(run), "note": f"not scored: {why}"}
             if progress is not None:
                 progress(min(chunk, len(runs) - start))
 
