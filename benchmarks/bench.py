@@ -21,6 +21,12 @@ loads the same weights with no download, then runs each implementation on each m
   the folder says) generating one image, bf16, SDPA, the folder's DDIM scheduler: the baseline the other
   families are held to (generated modes only; ``x diffusers`` = ours s / its fastest generation s, same run).
 
+``--approaches LIST`` (or ``all``: those that run on the model's family) also times each approach of
+``suppress-eot approaches`` -- SuppressEOT, its ablations and the baselines (diffusers' pipelines on the same loaded
+model) -- on one generated image (the gen prompt) and one photo (null-text inversion where the approach edits this
+project's inversion), in the implementation ``--approach-impl`` (default ``fast``), each after an untimed 2-step
+warm-up; "edited s" leaves out a baseline's separate original (SuppressEOT makes both in one pass).
+
 ``--size`` picks the random model's shape: ``sd-v1`` (SD v1.4), ``sdxl`` (SDXL base, 1024 px), ``sd2.1``
 (SD 2.1, 768 px, v-prediction), or the tiny CPU versions ``tiny``, ``tiny-sdxl``, ``tiny-sd2``.
 
@@ -68,6 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 if (REPO / "src" / "suppresseot").is_dir():  # measure this checkout, installed or not
     sys.path.insert(0, str(REPO / "src"))
 
+from suppresseot import approaches as approach_table  # noqa: E402
 from suppresseot.api import SuppressEOT  # noqa: E402
 from suppresseot.config import InversionSettings, SuppressionSettings  # noqa: E402
 from suppresseot.errors import BackendUnavailable  # noqa: E402
@@ -269,6 +276,83 @@ class Ours:
         return dict(r.seconds), r.final_latents, dict(r.memory)
 
 
+class ApproachRun:
+    """One approach (``suppress-eot approaches``) on a loaded implementation of ours: its kinds are the modes."""
+
+    measures_torch_memory = True
+
+    def __init__(self, ours: Ours, approach: str):
+        self.ours, self.name = ours, approach
+
+    def run(self, kind: str, steps: int, null_text_steps: int):
+        s, model = self.ours.settings, self.ours.model
+        edit = SuppressionSettings(alpha=s.alpha, tau=s.tau, max_step_to_erase=s.max_step_to_erase,
+                                   ito_blocks=s.ito_blocks)  # SuppressEOT's defaults; baselines take their own
+        if kind == "generated":
+            r = model.generate(s.gen_prompt, list(s.gen_tokens), seed=s.seed, settings=edit, steps=steps,
+                               guidance_scale=s.guidance_scale, approach=self.name)
+        else:
+            r = model.edit(s.photo, s.photo_prompt, list(s.photo_tokens), settings=edit, steps=steps,
+                           inversion=InversionSettings(method="nt", inner_steps=null_text_steps),
+                           guidance_scale=s.guidance_scale, approach=self.name)
+        return dict(r.seconds), r.final_latents, dict(r.memory)
+
+
+def time_approaches(args, settings: Settings, report: dict, out: Path, write) -> None:
+    """Each approach of ``--approaches`` on one generated image and one photo, on one load of ``--approach-impl``."""
+    results = report["approaches"] = {}
+    runner = load(args.approach_impl, args, settings)
+    family = runner.model.family.name
+    names = [a for a in args.approaches if family in approach_table.get(a).families]
+    report["approaches_left_out"] = [a for a in args.approaches if a not in names]
+    for name in names:
+        run = ApproachRun(runner, name)
+        for kind in approach_table.get(name).kinds:
+            print(f"[bench] approach {name} {kind} ...", file=sys.stderr, flush=True)
+            try:
+                if not args.no_warmup:
+                    run.run(kind, 2, 1)
+                r, latents = measure(run, kind, settings, args.device)
+                sampled_apart = r["stages_s"].get("sampling_original", 0.0)  # a baseline's original, made alone
+                r["edited_s"] = r["total_s"] - sampled_apart
+                results.setdefault(name, {})[kind] = r
+                np.save(out / "latents" / f"approach-{name}-{kind}.npy", latents)
+            except Exception as exc:  # noqa: BLE001 - one failing approach must not stop the others
+                traceback.print_exc()
+                results.setdefault(name, {})[kind] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            write()
+    runner.model.backend.release_cache(graphs=True)
+    del runner
+    free(args.device)
+
+
+def approaches_markdown(report: dict) -> list[str]:
+    """The approaches' table: seconds for both images and for the edited one alone, peak memory, x diffusers."""
+    rows = report.get("approaches")
+    if not rows:
+        return []
+    base = min((r["total_s"] for r in report["results"].get("diffusers", {}).values() if "total_s" in r), default=None)
+    lines = ["", f"Approaches in the {report['settings'].get('approach_impl')} implementation (generated: the gen prompt; "
+             "photo: the photo, null-text inversion where the approach edits this project's inversion). *both*: the "
+             "original and the edited image; *edited*: without a baseline's separately sampled original; "
+             "x diffusers: edited s / diffusers' plain generation s (same run).", "",
+             "| approach | generated both s | generated edited s | x diffusers | generated peak GiB | photo both s | "
+             "photo edited s | photo peak GiB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    errors = []
+    for name, kinds in rows.items():
+        cells = [name]
+        for kind in ("generated", "real"):
+            r = kinds.get(kind, {})
+            if "error" in r:
+                errors.append(f"- {name} {kind}: {r['error']}")
+            ratio = [fmt(r["edited_s"] / base, suffix="x") if base and "edited_s" in r else "–"] if kind == "generated" else []
+            cells += [fmt(r.get("total_s")), fmt(r.get("edited_s"))] + ratio + [fmt(peak_bytes(r), scale=GIB)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.get("approaches_left_out"):
+        lines.append(f"\nNo pipeline for this family: {', '.join(report['approaches_left_out'])}.")
+    return lines + (["", "Not measured:"] + errors if errors else [])
+
+
 class Diffusers:
     """diffusers' own pipeline for the folder, plain: bf16 weights, its default (SDPA) attention, one image
     generated and decoded per run. Real-photo modes have no such baseline."""
@@ -449,7 +533,7 @@ def markdown(report: dict) -> str:
                          f"{fmt(g.get('sampling'))} | {fmt(r['total_s'])} | {fmt(r['peak_reserved_bytes'], scale=GIB)} | "
                          f"{fmt(r.get('nvml_peak_used_bytes'), scale=GIB)} ({fmt(r.get('nvml_baseline_used_bytes'), scale=GIB)}) | "
                          f"{largest_stage(r.get('stage_peak_bytes'))} |")
-    return "\n".join(lines + (["", "Not measured:"] + errors if errors else [])) + "\n"
+    return "\n".join(lines + (["", "Not measured:"] + errors if errors else []) + approaches_markdown(report)) + "\n"
 
 
 def largest_stage(peaks: dict | None) -> str:
@@ -511,6 +595,11 @@ def parse_args(argv=None):
                    help="after the timed jittor runs, measure jittor's peak memory per mode in one more, untimed "
                         "process per mode (jittor's memory profiler slows a run and cannot be reset)")
     p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # such a process
+    p.add_argument("--approaches", default="",
+                   help="also time these approaches (comma list, or all; see `suppress-eot approaches`) on one "
+                        "generated image and one photo")
+    p.add_argument("--approach-impl", choices=("faithful", "fast", "compiled"), default="fast",
+                   help="the implementation the approaches run in (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed 2-step image before each timed one")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="writes bench.json, bench.md, latents/")
@@ -528,6 +617,7 @@ def parse_args(argv=None):
         print("no --reference given: the official code is not run", file=sys.stderr)
         impls.remove("official")
     args.impls = [i for i in IMPLS if i in impls]
+    args.approaches = approach_table.parse_list(args.approaches) if args.approaches else []
     return args
 
 
@@ -661,6 +751,10 @@ def main(argv=None) -> dict:
             runner.close()
         del runner
         free(args.device)
+        write()
+    if args.approaches:
+        report["settings"]["approach_impl"] = args.approach_impl
+        time_approaches(args, settings, report, out, write)
         write()
     if "jittor" in args.impls and args.jittor_memory and not args.memory_probe:  # jittor runs last (IMPLS)
         probe_jittor_memory(args, out, report["results"].setdefault("jittor", {}))
