@@ -1,7 +1,8 @@
 """The web app (`suppress-eot app`) running for real on 127.0.0.1, driven through gradio_client.
 
-The app's results must equal the API's for the same settings; bad input gives its message in the page and
-the app stays up; two clients get their own results; Cancel stops a run at its next step.
+The app's results must equal the API's for the same settings; a comparison with a baseline saves both runs and
+shows both edits; bad input gives its message in the page and the app stays up; two clients get their own
+results; Cancel stops a run (SuppressEOT's or the baseline's) at its next step.
 """
 from __future__ import annotations
 
@@ -55,8 +56,13 @@ def client(server):
     return Client(server[1], verbose=False)
 
 
-def generate_args(prompt=PROMPT, words="beard", seed=2, alpha=1.0, steps=STEPS, iterations=ITERATIONS):
-    return (prompt, [], words, seed, alpha, 0.8, iterations, "soft-weight", steps)
+def generate_args(prompt=PROMPT, words="beard", seed=2, alpha=1.0, steps=STEPS, iterations=ITERATIONS,
+                  compare="none"):
+    return (prompt, [], words, seed, alpha, 0.8, iterations, "soft-weight", steps, compare)
+
+
+def photo_args(photo, compare="none", inversion="npi", steps=2, iterations=0):
+    return (handle_file(str(photo)), PROMPT, [], "beard", inversion, 1.0, 0.8, iterations, "soft-weight", steps, compare)
 
 
 def pixels(path) -> np.ndarray:
@@ -65,7 +71,7 @@ def pixels(path) -> np.ndarray:
 
 def check_same_as_api(outputs, result, tmp_path):
     """The page's images and the saved run equal the API's result for the same settings."""
-    (original, suppressed), maps, loss, archive, info, run_dir = outputs
+    (original, suppressed), maps, loss, archive, info, run_dir, compare = outputs
     run_dir = Path(run_dir)
     np.testing.assert_array_equal(np.load(run_dir / "final_latents.npy"), result.final_latents)
     np.testing.assert_array_equal(pixels(original), np.asarray(result.original))
@@ -79,6 +85,7 @@ def check_same_as_api(outputs, result, tmp_path):
         names = {Path(n).name for n in z.namelist()}
     assert {"original.png", "suppressed.png", "run.json", "ito.csv", "final_latents.npy"} <= names
     assert json.loads((run_dir / "run.json").read_text())["token_indices"] == result.token_indices
+    assert not compare["visible"] and not compare["value"]  # "compare with: none": SuppressEOT alone, no gallery
     return run_dir
 
 
@@ -113,6 +120,79 @@ def test_photo_equals_api(server, client, tmp_path):
     assert [float(r["loss"]) for r in null_text] == pytest.approx([r["loss"] for r in result.inversion.null_text_log])
 
 
+def new_runs(out: Path, before: set) -> dict:
+    """The run directories made since ``before``, by the approach that made them (run.json)."""
+    return {json.loads((d / "run.json").read_text())["approach"]["name"]: d
+            for d in set(out.iterdir()) - before if (d / "run.json").is_file()}
+
+
+def check_compared(outputs, runs: dict, baseline: str):
+    """Both runs saved; the gallery shows the original and both edits as saved; the info line and the zip
+    name both folders."""
+    assert set(runs) == {"suppresseot", baseline}
+    archive, info, run_dir, gallery = outputs[3:7]
+    assert gallery["visible"]
+    gallery = gallery["value"]
+    assert Path(run_dir) == runs["suppresseot"]
+    assert runs["suppresseot"].name in info and runs[baseline].name in info and f"**{baseline}**" in info
+    captions = [item["caption"] for item in gallery]
+    assert [c.split(" (")[0] for c in captions[:3]] == ["original", "SuppressEOT", baseline]
+    saved = [runs["suppresseot"] / "original.png", runs["suppresseot"] / "suppressed.png",
+             runs[baseline] / "suppressed.png"]
+    for item, path in zip(gallery, saved):
+        np.testing.assert_array_equal(pixels(item["image"]), pixels(path))
+    assert not np.array_equal(pixels(saved[1]), pixels(saved[2]))
+    with zipfile.ZipFile(archive) as z:
+        assert {Path(n).parts[0] for n in z.namelist()} == {run.name for run in runs.values()}
+    return [json.loads((runs[name] / "run.json").read_text()) for name in ("suppresseot", baseline)]
+
+
+def test_generate_compares_with_a_baseline(server, client):
+    app, _ = server
+    assert app.baselines("generated") == ["none", "swr-only", "ito-only", "negative-prompt", "sega", "sld",
+                                          "attention-reweight"]
+    before = set(app.out.iterdir())
+    outputs = client.predict(*generate_args(steps=2, iterations=0, compare="negative-prompt"), api_name="/generate")
+    records = check_compared(outputs, new_runs(app.out, before), "negative-prompt")
+    assert [r["seed"] for r in records] == [2, 2] and [r["sampling"]["num_steps"] for r in records] == [2, 2]
+
+
+@pytest.mark.parametrize("baseline", ["negative-prompt", "ledits++"])
+def test_photo_compares_with_a_baseline(server, client, tmp_path, monkeypatch, baseline):
+    app, _ = server
+    photo = tmp_path / "man with a beard.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 240, 3), dtype=np.uint8)).save(photo)
+    inversions = []
+    invert_many = app.model.invert_many
+    monkeypatch.setattr(app.model, "invert_many", lambda *a, **k: inversions.append(a) or invert_many(*a, **k))
+    before = set(app.out.iterdir())
+    outputs = client.predict(*photo_args(photo, compare=baseline), api_name="/edit")
+    records = check_compared(outputs[2:], new_runs(app.out, before), baseline)
+    assert len(inversions) == 1  # this project's inversion ran once: edited twice, or LEDITS++ inverts its own way
+    assert [r["inversion"]["image"] for r in records] == [photo.name] * 2
+    shared = baseline == "negative-prompt"
+    assert (records[0]["inversion"] == records[1]["inversion"]) == shared
+    assert ("with the shared inversion" in outputs[6]) == shared
+
+
+def test_cancel_stops_the_baselines_run_too(server):
+    app, url = server
+    before, app.step = set(app.out.iterdir()), None
+    job = Client(url, verbose=False).submit(*generate_args(steps=6, iterations=0, compare="negative-prompt"),
+                                            api_name="/generate")
+    deadline = time.monotonic() + 180
+    while (app.step or ("",))[0] not in ("sampling_original", "sampling_edited") and time.monotonic() < deadline:
+        time.sleep(0.05)  # until SuppressEOT's run is done and the baseline's pipeline runs
+    job.cancel()
+    while app.lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not app.lock.locked()
+    with pytest.raises(Exception):
+        job.result(timeout=5)
+    assert app.step[0] in ("sampling_original", "sampling_edited") and app.step != ("sampling_edited", 5)
+    assert set(app.out.iterdir()) == before  # nothing saved: neither SuppressEOT's run nor the baseline's
+
+
 def test_two_clients_get_their_own_results(server):
     url = server[1]
     clients = [Client(url, verbose=False) for _ in range(2)]
@@ -139,6 +219,9 @@ def test_bad_input_shows_its_message_and_the_app_stays_up(server, client, tmp_pa
         (generate_args(words=""), "choose what to suppress"),
         (generate_args(alpha="nan"), "alpha must be a finite number"),
         (generate_args(steps=0), "steps must be a whole number of at least 1"),
+        (generate_args(compare="ledits++"), "ledits\\+\\+ is for photos only"),
+        (generate_args(compare="suppresseot"), "SuppressEOT always runs; compare it with another approach"),
+        (generate_args(compare="sega", alpha=-1.0), "sega only suppresses"),
     ]
     for args, message in cases:
         with pytest.raises(Exception, match=message):
@@ -148,6 +231,10 @@ def test_bad_input_shows_its_message_and_the_app_stays_up(server, client, tmp_pa
         with pytest.raises(Exception, match=message):
             client.predict(handle_file(str(files[name])), PROMPT, [], "beard", "npi", 1.0, 0.8, 0, "soft-weight", 2,
                            api_name="/edit")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    with pytest.raises(Exception, match="sega is for generated images only"):
+        client.predict(*photo_args(photo, compare="sega"), api_name="/edit")
     with pytest.raises(Exception, match="upload a photo first"):
         client.predict(None, PROMPT, [], "beard", "npi", 1.0, 0.8, 0, "soft-weight", 2, api_name="/edit")
     outputs = client.predict(*generate_args(steps=1, iterations=0), api_name="/generate")

@@ -2,13 +2,15 @@
 
 Needs a Chromium binary: Debian's (`apt-get install chromium`, /usr/bin/chromium) or Playwright's own
 (`playwright install chromium`); SUPPRESSEOT_CHROMIUM names another. Without one the test fails (no skip).
-The screenshot it takes is the README's docs/app.png.
+The screenshot it takes is the README's docs/app.png, taken with neutral paths: the app runs in a temporary
+working directory, which the page leaves out of the paths it shows (the model, --out, the run folders).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,13 +50,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_click_a_word_run_and_see_both_images_and_the_maps(small_model_dir, tmp_path):
+def test_click_a_word_run_and_see_both_images_and_the_maps(small_model_dir, tmp_path, monkeypatch):
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError as exc:
         pytest.fail(f"the browser test needs Playwright: pip install playwright ({exc})")
+    monkeypatch.chdir(tmp_path)  # the page shows paths under the working directory relative to it
+    (tmp_path / "tiny-random-sd").symlink_to(small_model_dir)
     out = tmp_path / "runs"
-    model = SuppressEOT.from_pretrained(small_model_dir, device="cpu", progress=False)
+    model = SuppressEOT.from_pretrained(tmp_path / "tiny-random-sd", device="cpu", progress=False)
     app = App(model, out)
     demo = app.build()
     port = free_port()
@@ -72,16 +76,26 @@ def test_click_a_word_run_and_see_both_images_and_the_maps(small_model_dir, tmp_
             page.get_by_text("Advanced").first.click()
             page.get_by_label("DDIM steps").first.fill("3")
             page.get_by_label("ITO iterations per step").first.fill("1")
+            page.locator("#generated_compare_with input").click()
+            page.get_by_role("option", name="negative-prompt").click()
             page.locator("#gen_run").click()
             # both images (the slider's two layers) and the attention maps
             expect(page.locator("#pair img")).to_have_count(2, timeout=240_000)
             expect(page.locator("#maps img")).to_be_visible(timeout=30_000)
-            expect(page.locator("#info")).to_contain_text("Suppressed beard")
-            runs = [p for p in out.iterdir() if (p / "run.json").is_file()]
-            assert len(runs) == 1 and "tok5" in runs[0].name and "steps" not in runs[0].name
-            for selector in ("#pair img", "#maps img"):  # the images really loaded (not broken links)
+            expect(page.locator("#info").first).to_contain_text("Suppressed beard")
+            expect(page.locator("#info").first).to_contain_text("Compared with negative-prompt")
+            # the comparison: original | SuppressEOT | negative-prompt, labelled
+            expect(page.locator("#generate_compare img")).to_have_count(3, timeout=30_000)
+            expect(page.locator("#generate_compare")).to_contain_text("negative-prompt")
+            runs = sorted(p.name for p in out.iterdir() if (p / "run.json").is_file())
+            assert len(runs) == 2 and all("tok5" in r and "steps" not in r for r in runs)
+            assert "negative-prompt" in runs[1] and "negative-prompt" not in runs[0]
+            for selector in ("#pair img", "#maps img", "#generate_compare img"):  # loaded, not broken links
                 widths = page.locator(selector).evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
                 assert widths and all(w > 0 for w in widths), selector
+            text = page.inner_text("body")
+            assert "runs/generated-a-man" in text and "tiny-random-sd" in text
+            assert str(tmp_path) not in text and tempfile.gettempdir() + "/" not in text  # neutral paths
             page.wait_for_timeout(500)
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -2,7 +2,8 @@
 
 One model is loaded at start and shared by every visitor; Gradio's queue runs one job at a time (others see
 their place in the line) and a lock makes sure no two runs ever share the model. Cancel stops a run at its
-next step through ``SuppressEOT.on_step``. Every run is saved under ``--out`` as the CLI saves it.
+next step through ``SuppressEOT.on_step``. Every run is saved under ``--out`` as the CLI saves it; "compare with"
+also runs one baseline or ablation (``approaches``) on the same seed or photo and saves it beside.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from .errors import SuppressEOTError
 MAX_UPLOAD = "20mb"
 MAX_PIXELS = 40_000_000  # 40 MP: any camera photo; Pillow's own bomb limit is ~89 MP
 METHODS = ["soft-weight", "alpha", "beta", "delete", "weight"]
+NONE = "none"  # the "compare with" choice that runs SuppressEOT alone
 EOT_HINT = ("Click the words to suppress (several at once: they are suppressed together). The end token and "
             "its padding copies (indices after the last word, up to 76) are the EOT embeddings: SuppressEOT "
             "edits them for you, so pick only words.")
@@ -95,6 +98,19 @@ def launch_options(out: Path, host: str = "127.0.0.1", port: int | None = None, 
     """Safe defaults: loopback, no share link, only ``out`` (besides Gradio's own cache) served, bounded uploads."""
     return dict(server_name=host, server_port=port, auth=auth, share=share, allowed_paths=[str(Path(out).resolve())],
                 max_file_size=max_upload, show_error=True, ssr_mode=False)
+
+
+def shown_path(path) -> str:
+    """``path`` as the page prints it: relative to the working directory where it lies under it (the folder the
+    app was started from tells a visitor nothing, and docs/app.png is taken with neutral paths); hub ids and
+    paths elsewhere as given."""
+    text = str(path)
+    if not Path(text).is_absolute():
+        return text
+    try:
+        return str(Path(text).relative_to(Path.cwd()))
+    except ValueError:
+        return text
 
 
 class Cancelled(SuppressEOTError):
@@ -228,32 +244,66 @@ class App:
             raise SuppressEOTError(f"the photo is too large ({exc}); scale it down") from None
 
     # --- handlers -----------------------------------------------------------------------------
-    def _generate(self, prompt, chips, words, seed, alpha, tau, iterations, method, steps):
+    def baselines(self, kind: str) -> list[str]:
+        """The "compare with" choices: every other approach that runs on this kind of image, model and backend."""
+        from . import approaches
+
+        return [NONE] + [name for name in approaches.names(kind=kind, family=self.model.family.name,
+                                                           backend=self.model.backend.name)
+                         if name != approaches.DEFAULT]
+
+    def baseline(self, name, kind: str, settings):
+        """The approach to compare with (None for "none"), checked before any work: a bad choice costs no run."""
+        from . import approaches
+
+        if not name or name == NONE:
+            return None
+        if name == approaches.DEFAULT:
+            raise SuppressEOTError(f"SuppressEOT always runs; compare it with another approach: "
+                                   f"{', '.join(self.baselines(kind)[1:])}")
+        return self.model.approach(name, kind).check(mode="add" if settings.alpha < 0 else "suppress")
+
+    def _generate(self, prompt, chips, words, seed, alpha, tau, iterations, method, steps, compare=NONE):
         group = self.group(prompt, chips, words)
         settings, steps = self.settings(alpha, tau, iterations, method), self.steps(steps)
         if seed is None or not math.isfinite(float(seed)):
             raise SuppressEOTError(f"the seed must be a whole number, got {seed}")
+        baseline = self.baseline(compare, "generated", settings)
         result = self.model.generate(prompt, group, seed=int(seed), settings=settings, steps=steps)
-        return self._show(result)
+        other = None if baseline is None else self.model.generate(prompt, group, seed=int(seed), settings=settings,
+                                                                  steps=steps, approach=baseline.name)
+        return self._show(result, other)
 
-    def _edit(self, upload, prompt, chips, words, inversion, alpha, tau, iterations, method, steps):
+    def _edit(self, upload, prompt, chips, words, inversion, alpha, tau, iterations, method, steps, compare=NONE):
         image = self.photo(upload)
         group = self.group(prompt, chips, words)
         settings, steps = self.settings(alpha, tau, iterations, method), self.steps(steps)
+        baseline = self.baseline(compare, "real", settings)
         inverted = self.model.invert(image, prompt, inversion or "nt", steps=steps)
         inverted.source = Path(upload).name
         result = self.model.edit(inverted, suppress=group, settings=settings)
-        return (Image.fromarray(inverted.image), Image.fromarray(inverted.reconstruction)) + self._show(result)
+        other = None
+        if baseline is not None:
+            # one call for both cases: a baseline that shares this project's inversion edits it (inverted once,
+            # edited twice); LEDITS++ takes its crop and inverts it its own way
+            other = self.model.edit(inverted, suppress=group, settings=settings, approach=baseline.name)
+            if other.inversion is not inverted:
+                other.inversion.source = inverted.source
+        return (Image.fromarray(inverted.image), Image.fromarray(inverted.reconstruction)) + self._show(result, other)
 
-    def _show(self, result):
-        """Save the run directory and turn the result into the page's outputs."""
+    def _show(self, result, other=None):
+        """Save the run directories (SuppressEOT's, and the baseline's if any: both only once both ran, so a
+        cancelled comparison saves nothing) and turn them into the page's outputs."""
         import pandas as pd
 
         from .images import cross_attention_grid
         from .runs import save_run
 
-        run_dir = save_run(result, self.out, extra={"command": "suppress-eot app"})
-        archive = shutil.make_archive(str(self.zips / run_dir.name), "zip", run_dir.parent, run_dir.name)
+        extra = {"command": "suppress-eot app"}
+        run_dir = save_run(result, self.out, extra=extra)
+        other_dir = None if other is None else save_run(other, self.out, extra=extra)
+        archive = self._archive([run_dir] if other is None else [run_dir, other_dir],
+                                run_dir.name + ("" if other is None else f"-vs-{other.approach}"))
         chosen = result.token_indices
         maps = None
         if result.cross_attention is not None:
@@ -267,8 +317,39 @@ class App:
         words = " ".join(result.tokens.words[i] for i in chosen)
         info = (f"Suppressed **{words}** (tokens {', '.join(map(str, chosen))}), alpha {result.settings.alpha:g}, "
                 f"tau {result.settings.tau:g}, {result.sampling.num_steps} steps; "
-                f"{sum(result.seconds.values()):.1f} s. Saved to `{run_dir}`.")
-        return (result.original, result.suppressed), maps, loss, archive, info, str(run_dir)
+                f"{sum(result.seconds.values()):.1f} s. Saved to `{shown_path(run_dir)}`.")
+        if other is not None:
+            shared = " (with the shared inversion)" if other.inversion is result.inversion is not None else ""
+            info += (f" Compared with **{other.approach}**: {sum(other.seconds.values()):.1f} s{shared}, saved to "
+                     f"`{shown_path(other_dir)}`.")
+        compare = self._compare(result, other)
+        return (result.original, result.suppressed), maps, loss, archive, info, shown_path(run_dir), compare
+
+    def _archive(self, run_dirs: list[Path], name: str) -> str:
+        """One zip of the run directories: a comparison downloads as one file, both folders in it."""
+        path = self.zips / f"{name}.zip"  # unique: named after the first run directory, unique under --out
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for run_dir in run_dirs:
+                for file in sorted(run_dir.rglob("*")):
+                    if file.is_file():
+                        z.write(file, file.relative_to(run_dir.parent))
+        return str(path)
+
+    @staticmethod
+    def _compare(result, other):
+        """The comparison gallery: the original, SuppressEOT's and the baseline's edit, with their times; also the
+        baseline's own original where it differs by more than rounding (LEDITS++'s reconstruction), since what the
+        baseline changed is measured against that; a diffusers pipeline's few pixels off by one are not shown."""
+        gr = _gradio()
+        if other is None:
+            return gr.update(value=None, visible=False)
+        items = [(result.original, "original"),
+                 (result.suppressed, f"SuppressEOT ({sum(result.seconds.values()):.1f} s)"),
+                 (other.suppressed, f"{other.approach} ({sum(other.seconds.values()):.1f} s)")]
+        differs = np.abs(np.asarray(other.original, np.int16) - np.asarray(result.original, np.int16)).mean() > 1
+        if differs:
+            items.append((other.original, f"{other.approach}'s own original"))
+        return gr.update(value=items, visible=True)
 
     # --- study --------------------------------------------------------------------------------
     def study_folders(self) -> list[str]:
@@ -279,10 +360,11 @@ class App:
 
     def _study_folder(self, name: str) -> Path:
         if not name:
-            raise SuppressEOTError(f"no batch folder chosen: run `suppress-eot batch --out {self.out}/NAME` first")
+            raise SuppressEOTError(f"no batch folder chosen: run `suppress-eot batch --out "
+                                   f"{shown_path(self.out)}/NAME` first")
         folder = (self.out / name).resolve()
         if not folder.is_relative_to(self.out.resolve()) or not (folder / "summary.csv").is_file():
-            raise SuppressEOTError(f"{name} is not a batch folder under {self.out}")
+            raise SuppressEOTError(f"{name} is not a batch folder under {shown_path(self.out)}")
         return folder
 
     def _finished_runs(self, name: str) -> tuple[Path, list[dict]]:
@@ -351,7 +433,11 @@ class App:
                           concurrency_limit=None, show_progress="hidden", api_name=f"{name}_tokens")
             return chips, words
 
-        def results():
+        def compare_with(kind: str):
+            return gr.Dropdown(self.baselines(kind), value=NONE, label="compare with", scale=1,
+                               elem_id=f"{kind}_compare_with", allow_custom_value=True)  # checked: runs here
+
+        def results(name: str):
             with gr.Row():
                 pair = gr.ImageSlider(label="original | suppressed", type="pil", format="png", elem_id="pair")
                 maps = gr.Image(label="cross-attention of the chosen tokens", type="pil", format="png",
@@ -360,36 +446,39 @@ class App:
                 loss = gr.LinePlot(x="iteration", y="loss", color="term", label="ITO losses", elem_id="loss")
                 with gr.Column():
                     info = gr.Markdown(elem_id="info")
-                    archive = gr.File(label="run directory (zip)")
+                    archive = gr.File(label="run directories (zip)")
                     run_dir = gr.Textbox(label="saved to", interactive=False, elem_id="run_dir")
-            return [pair, maps, loss, archive, info, run_dir]
+            compare = gr.Gallery(label="compared: original | SuppressEOT | the baseline", format="png", columns=4,
+                                 height="auto", visible=False, elem_id=f"{name}_compare")
+            return [pair, maps, loss, archive, info, run_dir, compare]
 
         # gr.Progress(track_tqdm=True) shows the pipeline's tqdm bars (denoising, inversion, null-text steps)
-        async def generate(prompt, chips, words, seed, alpha, tau, iterations, method, steps,
+        async def generate(prompt, chips, words, seed, alpha, tau, iterations, method, steps, compare,
                            progress=gr.Progress(track_tqdm=True)):
             return await self._work(self._generate, prompt, chips, words, seed, alpha, tau, iterations, method,
-                                    steps)
+                                    steps, compare)
 
-        async def edit(upload, prompt, chips, words, inversion, alpha, tau, iterations, method, steps,
+        async def edit(upload, prompt, chips, words, inversion, alpha, tau, iterations, method, steps, compare,
                        progress=gr.Progress(track_tqdm=True)):
             return await self._work(self._edit, upload, prompt, chips, words, inversion, alpha, tau, iterations,
-                                    method, steps)
+                                    method, steps, compare)
 
         with gr.Blocks(title="SuppressEOT", analytics_enabled=False) as demo:  # no calls home
             gr.Markdown("# SuppressEOT\nSuppress what a prompt names, in generated images or your photos "
-                        f"(model: `{self.model.model}`; runs saved under `{self.out}`).")
+                        f"(model: `{shown_path(self.model.model)}`; runs saved under `{shown_path(self.out)}`).")
             with gr.Tab("Generate"):
                 with gr.Row():
                     prompt = gr.Textbox("A man with a beard wearing glasses and a hat in blue shirt",
                                         label="prompt", elem_id="gen_prompt", scale=4)
                     seed = gr.Number(2, precision=0, label="seed", scale=1)
+                    compare = compare_with("generated")
                 chips, words = token_picker(prompt, "generate")
                 settings = advanced(False)
                 with gr.Row():
                     run = gr.Button("Run", variant="primary", elem_id="gen_run")
                     cancel = gr.Button("Cancel", elem_id="gen_cancel")
-                outputs = results()
-                event = run.click(generate, [prompt, chips, words, seed, *settings], outputs,
+                outputs = results("generate")
+                event = run.click(generate, [prompt, chips, words, seed, *settings, compare], outputs,
                                   api_name="generate")
                 cancel.click(None, None, None, cancels=[event], api_name=False)
                 demo.load(lambda p: gr.update(choices=self.chips(p)), prompt, chips, api_name=False)
@@ -403,19 +492,21 @@ class App:
                 with gr.Row():
                     p_prompt = gr.Textbox(label="caption of the photo", elem_id="photo_prompt", scale=4)
                     inversion = gr.Radio(["nt", "npi"], value="nt", label="inversion (null-text / negative prompt)")
+                    p_compare = compare_with("real")
                 p_chips, p_words = token_picker(p_prompt, "edit")
                 p_settings = advanced(True)
                 with gr.Row():
                     p_run = gr.Button("Run", variant="primary", elem_id="photo_run")
                     p_cancel = gr.Button("Cancel")
-                p_outputs = results()
+                p_outputs = results("photo")
                 upload.upload(lambda f, p: p or (Path(f).stem if f else ""), [upload, p_prompt], p_prompt,
                               concurrency_limit=None, api_name=False)  # the caption defaults as in `edit`
-                p_event = p_run.click(edit, [upload, p_prompt, p_chips, p_words, inversion, *p_settings],
+                p_event = p_run.click(edit, [upload, p_prompt, p_chips, p_words, inversion, *p_settings, p_compare],
                                       [crop, reconstruction, *p_outputs], api_name="edit")
                 p_cancel.click(None, None, None, cancels=[p_event], api_name=False)
             with gr.Tab("Study"):
-                gr.Markdown(f"Batch folders under `{self.out}` (`suppress-eot batch --out {self.out}/NAME`).")
+                out = shown_path(self.out)
+                gr.Markdown(f"Batch folders under `{out}` (`suppress-eot batch --out {out}/NAME`).")
                 with gr.Row():
                     folder = gr.Dropdown(self.study_folders(), value=None, label="batch folder",
                                          allow_custom_value=True)  # checked: under --out only
