@@ -262,9 +262,9 @@ def build_methods_report(folder: str | Path, out: str | Path, thumb: int = 128, 
     if pooled and len(groups) > 1:
         left_out = " Add-mode runs are left out (there the score against the prompt should rise)." \
             if len(pooled) < len(runs) else ""
-        md += ["### all sets", "", "Every set's runs pooled: each approach's mean is over the tasks it ran, so where "
-               "approaches ran different tasks (the baselines for generated images or photos only) compare them "
-               f"within a set.{left_out}", "",
+        md += ["### all sets", "", "Every set's runs pooled: each approach's mean is over the tasks it ran, and some "
+               "run on generated images or photos only, so only the approaches that ran every task are marked "
+               f"best; compare the others within a set.{left_out}", "",
                methods_table(pooled, scores, metrics, "suppress", with_backend), ""]
     md += _grid_section(runs, out, thumb, max_grid_tasks, with_backend)
     path = out / "report.md"
