@@ -501,3 +501,170 @@ def test_report_from_tiny_model_runs(tiny_results, tiny_clip, tmp_path, capsys):
         assert f"| {side} | {loop} |" in md
     assert "| torch-fast | null-text |" not in md  # B edited no photo
     assert "1 task ran on both sides" in md and "Runs without a match, not shown: torch: 1" in md
+
+
+# --- the methods report: the approaches of one folder ----------------------------------------------------
+APPROACH_SCORES = {  # approach: per task (delta_prompt, delta_kept, suppressed_detected, ssim); seconds; GiB
+    "sega": ({"vangogh-01": (-0.1, -0.2, 1, 0.9), "vangogh-02": (0.1, -0.4, 1, 0.7),
+              "coco-car-gen-139": (0.2, 0, 1, 0.8)}, 5.0, 3.0),
+    "suppresseot": ({"vangogh-01": (-0.5, 0.05, 0, 0.6), "vangogh-02": (-0.3, -0.15, 0, 0.4),
+                     "coco-car-gen-139": (-0.2, 0.1, 0, 0.5)}, 9.0, 4.0),
+    "negative-prompt": ({"vangogh-01": (-0.2, -0.3, 0, 0.8), "vangogh-02": (-0.2, -0.3, 1, 0.8)}, 2.0, None),
+}
+
+
+@pytest.fixture
+def approaches_folder(tmp_path, tokenizer):
+    """Runs of 3 approaches on 2 vangogh tasks and of 2 of them on a COCO task, with a hand-made clipscores.csv."""
+    folder = tmp_path / "runs"
+    rows = []
+    for number, (approach, (tasks, seconds, gib)) in enumerate(APPROACH_SCORES.items()):
+        for task, (delta_prompt, delta_kept, detected, ssim_value) in tasks.items():
+            dataset = task.rsplit("-", 1)[0]
+            memory = {"swr_ito_sampling": {"allocated": None if gib is None else gib * 2 ** 30, "reserved": None}}
+            fake_run(folder, f"{task}--{approach}--torch", tokenizer, image_seeds=(hash(task) % 99, 100 + number),
+                     memory=memory, extra={"approach": {"name": approach}, "task_seconds": seconds,
+                                           "task": {"id": task, "set": dataset}})
+            rows.append({"run_dir": f"{task}--{approach}--torch", "task": task, "dataset": dataset,
+                         "approach": approach, "backend": "torch", "suppressed_vs_prompt": 2 + delta_prompt,
+                         "delta_prompt": delta_prompt, "delta_kept": delta_kept, "suppressed_detected": detected,
+                         "original_detected": 1, "clip_image_similarity": 0.9, "ssim": ssim_value,
+                         "ssim_outside_boxes": ssim_value})
+    return folder, rows
+
+
+def _table_after(md: str, heading: str) -> dict[str, list[str]]:
+    """The first markdown table after the line ``heading``, rows by first cell (with the header row as "")."""
+    lines = md.splitlines()
+    start = lines.index(heading)
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    table = {"": [c.strip() for c in lines[first].strip().strip("|").split("|")]}
+    for line in lines[first + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        table[cells[0]] = cells
+    return table
+
+
+def _cell(text: str) -> tuple[float, bool, tuple[float, float] | None]:
+    """``**mean** [low, high]`` as (mean, bold, interval); percentages as fractions."""
+    match = re.fullmatch(r"(\*\*)?(-?[\d.]+)(%?)(?:\*\*)?(?: \[(-?[\d.]+)%?, (-?[\d.]+)%?\])?(?: \(n=\d+\))?", text)
+    assert match, text
+    scale = 0.01 if match[3] else 1
+    interval = (float(match[4]) * scale, float(match[5]) * scale) if match[4] else None
+    return float(match[2]) * scale, bool(match[1]), interval
+
+
+@needs_matplotlib
+def test_methods_report_means_intervals_best_and_grids(approaches_folder, tmp_path, capsys):
+    from scipy import stats
+
+    folder, rows = approaches_folder
+    out = tmp_path / "report"
+    assert main(["report", str(folder), "--out", str(out), "--thumb", "32"]) == 0  # before eval: time and memory
+    md = (out / "report.md").read_text()
+    assert f"run `suppress-eot eval {folder}`" in md and "time and memory only" in md
+    before = _table_after(md, "### vangogh")
+    assert before[""] == ["approach", "n", "tasks", "s / run ↓", "peak GiB ↓"]
+    assert list(before)[1:] == ["suppresseot", "negative-prompt", "sega"]  # the approaches table's order
+    assert before["negative-prompt"][3:] == ["**2.00** [2.00, 2.00]", ""]
+    assert "Left out, as no run has a value: CLIP edit→prompt (needs `suppress-eot eval`)" in md
+
+    write_csv(folder / "clipscores.csv", COLUMNS, rows)
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(out), "--thumb", "32"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    md = (out / "report.md").read_text()
+    assert "No CLIPScores" not in md
+    table = _table_after(md, "### vangogh")
+    columns = table[""]
+    assert columns == ["approach", "n", "tasks", "CLIP edit→prompt ↓", "Δ prompt ↓", "Δ kept →0",
+                       "still detected ↓", "CLIP img sim ↑", "SSIM ↑", "SSIM outside boxes ↑", "s / run ↓", "peak GiB ↓"]
+    for approach, (tasks, _, _) in APPROACH_SCORES.items():
+        values = [v for task, v in tasks.items() if task.startswith("vangogh")]
+        assert table[approach][1:3] == ["2", "2/2"]
+        for column, k in (("Δ prompt ↓", 0), ("Δ kept →0", 1), ("SSIM ↑", 3)):
+            sample = [v[k] for v in values]
+            mean, _, interval = _cell(table[approach][columns.index(column)])
+            assert mean == pytest.approx(np.mean(sample), abs=5e-4)
+            if np.std(sample):
+                low, high = stats.t.interval(0.95, len(sample) - 1, loc=np.mean(sample), scale=stats.sem(sample))
+                assert interval == pytest.approx((low, high), abs=5e-4), (approach, column)
+        detected = sum(v[2] for v in values)
+        share, _, interval = _cell(table[approach][columns.index("still detected ↓")])
+        ci = stats.binomtest(detected, len(values)).proportion_ci(0.95, method="wilson")
+        assert share == detected / len(values) and interval == pytest.approx((ci.low, ci.high), abs=5e-3)
+
+    def bold(column):
+        return [a for a in APPROACH_SCORES if _cell(table[a][columns.index(column)])[1]]
+
+    assert bold("Δ prompt ↓") == ["suppresseot"]  # -0.4 < -0.2 < 0
+    assert bold("Δ kept →0") == ["suppresseot"]  # |-0.05| is nearest 0
+    assert bold("SSIM ↑") == ["sega", "negative-prompt"]  # 0.8 both: a tie marks both
+    assert bold("still detected ↓") == ["suppresseot"] and bold("s / run ↓") == ["negative-prompt"]
+    assert bold("CLIP img sim ↑") == list(APPROACH_SCORES)
+
+    coco = _table_after(md, "### coco-car-gen")  # one run each: no interval
+    assert list(coco)[1:] == ["suppresseot", "sega"] and coco["sega"][4] == "0.200"
+    pooled = _table_after(md, "### all sets")
+    assert pooled["suppresseot"][1:3] == ["3", "3/3"] and pooled["negative-prompt"][1:3] == ["2", "2/3"]
+    assert _cell(pooled["suppresseot"][4])[0] == pytest.approx(np.mean([-0.5, -0.3, -0.2]), abs=5e-4)
+    # best only among the approaches that ran every task: negative-prompt's 2.00 s is not marked
+    assert "**" not in "".join(pooled["negative-prompt"]) and pooled["sega"][-2].startswith("**5.00**")
+    assert "| still detected | lower (add: higher) |" in md
+
+    # grids: per set, the original and one column per approach, tasks as rows; the original is the first approach's
+    assert sorted(p.name for p in out.glob("*.png")) == ["grid-coco-car-gen-1.png", "grid-vangogh-1.png"]
+    for name, approaches, tasks in (("vangogh", 3, 2), ("coco-car-gen", 2, 1)):
+        assert f"![{name}](grid-{name}-1.png)" in md
+        with Image.open(out / f"grid-{name}-1.png") as grid:
+            assert grid.size[0] == 150 + (1 + approaches) * 36
+            head = grid.size[1] - tasks * 36
+            original = grid.crop((150, head, 182, head + 32))
+    expected = Image.open(folder / "coco-car-gen-139--suppresseot--torch" / "original.png").convert("RGB")
+    assert np.array_equal(np.array(original), np.array(expected.resize((32, 32), Image.Resampling.LANCZOS)))
+
+
+def test_methods_best_flips_in_add_mode_and_labels_need_two_folders(approaches_folder, tmp_path, capsys):
+    from suppresseot.evaluation.methods import METRICS, compare
+
+    folder, rows = approaches_folder
+    scores = {r["run_dir"]: r for r in rows}
+    runs = [r for r in find_runs(folder) if r.dataset == "vangogh"]
+    delta = next(m for m in METRICS if m.key == "delta_prompt")
+    assert [r.key[0] for r in compare(runs, scores, [delta]) if r.best[0]] == ["suppresseot"]
+    assert [r.key[0] for r in compare(runs, scores, [delta], mode="add") if r.best[0]] == ["sega"]  # should rise
+
+    assert main(["report", str(folder), "--out", str(tmp_path / "r"), "--labels", "a", "b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give RUNS_B too" in err[0]
+
+
+@needs_matplotlib
+def test_two_folders_of_several_approaches_match_by_task_and_approach(tmp_path, tokenizer):
+    """Each side ran vangogh-01 with two approaches: a run pairs with its own approach's, not the first task match."""
+    from suppresseot.evaluation.report import match_runs
+
+    latents = {"sega": np.full((2, 4, 8, 8), 2.0, np.float32), "suppresseot": np.ones((2, 4, 8, 8), np.float32)}
+    for side, backend in (("A", "torch"), ("B", "jittor")):
+        for approach in ("suppresseot", "sega"):
+            fake_run(tmp_path / side, f"vangogh-01--{approach}--{backend}", tokenizer, backend=backend,
+                     latents=latents[approach], extra={"approach": {"name": approach}})
+        # a renamed run of the same prompt, tokens and seed: matched by those and the approach
+        fake_run(tmp_path / side, f"{side}-renamed--{backend}", tokenizer, backend=backend, seed=7,
+                 latents=latents["sega"], extra={"approach": {"name": "sega"}})
+    pairs = match_runs(find_runs(tmp_path / "A"), find_runs(tmp_path / "B"))
+    assert sorted((a.name, b.name) for a, b in pairs) == [
+        ("A-renamed--torch", "B-renamed--jittor"), ("vangogh-01--sega--torch", "vangogh-01--sega--jittor"),
+        ("vangogh-01--suppresseot--torch", "vangogh-01--suppresseot--jittor")]
+
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "A"), str(tmp_path / "B"), "--out", str(out), "--labels", "torch",
+                 "jittor", "--thumb", "32"]) == 0
+    md = (out / "report.md").read_text()
+    assert "3 tasks ran on both sides" in md and "one folder compares the approaches" in md
+    parity = _table(md, "task")
+    assert float(parity["vangogh-01 · suppresseot"][1]) == 0 and float(parity["vangogh-01 · sega"][1]) == 0
+    with Image.open(out / "grid-vangogh-1.png") as grid:
+        assert grid.size[0] == 150 + 4 * 36

@@ -43,21 +43,27 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
     rep = subparsers.add_parser(
-        "report", help="compare two sets of runs (e.g. torch vs jittor) in a markdown report with plots",
-        description="Write DIR/report.md with PNG plots comparing the runs in RUNS_A and RUNS_B: ITO loss, seconds "
-                    "per iteration, memory, time and CLIPScore per dataset (run `eval` first for the scores), image "
-                    "grids and parity numbers of the tasks both ran. RUNS_A and RUNS_B may be the same folder when "
+        "report", help="compare the approaches of one folder of runs, or two sets of runs (e.g. torch vs jittor), "
+                       "in a markdown report with tables, plots and image grids",
+        description="With one folder (RUNS_A alone): write DIR/report.md comparing the approaches found in it "
+                    "(SuppressEOT, its ablations, the baselines): per set, each approach's mean and 95% interval of "
+                    "every CLIPScore, detector and preservation measure (run `eval` first), seconds and memory per "
+                    "run, and an image grid per task. With two: compare the runs in RUNS_A and RUNS_B (ITO loss, "
+                    "seconds per iteration, memory, time and CLIPScore per dataset, image grids and parity numbers of "
+                    "the tasks both ran, matched by task and approach). RUNS_A and RUNS_B may be the same folder when "
                     "it holds both backends' runs and --labels names the backends.")
     rep.set_defaults(command="report")
-    rep.add_argument("runs_a", metavar="RUNS_A", help="folder of run directories (first side)")
-    rep.add_argument("runs_b", metavar="RUNS_B", help="folder of run directories (second side, the reference)")
+    rep.add_argument("runs_a", metavar="RUNS_A", help="folder of run directories (alone: its approaches compared; "
+                                                      "else the first side)")
+    rep.add_argument("runs_b", metavar="RUNS_B", nargs="?", default=None,
+                     help="folder of run directories (second side, the reference); leave out for the methods report")
     rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and its PNGs")
-    rep.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("LABEL_A", "LABEL_B"),
-                     help="names of the two sides, e.g. torch jittor (default: A B)")
+    rep.add_argument("--labels", nargs=2, default=None, metavar=("LABEL_A", "LABEL_B"),
+                     help="names of the two sides, e.g. torch jittor (default: A B); two folders only")
     rep.add_argument("--thumb", type=whole_number(16), default=128, metavar="PX",
                      help="image size in the grids (default: %(default)s)")
     rep.add_argument("--max-grid-tasks", type=whole_number(0), default=24, metavar="N",
-                     help="at most N tasks per dataset in the image grids; 0: all (default: %(default)s)")
+                     help="at most N tasks per dataset (set) in the image grids; 0: all (default: %(default)s)")
     rep.add_argument("--title", default=None, help="the report's title")
     rep.add_argument("--note", default=None, help="a paragraph under the title (e.g. what the runs were)")
     rep.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

@@ -3,6 +3,7 @@
 The earlier study's comparison figures were made by hand; this writes them all from the run
 directories: ITO loss curves, seconds per iteration, memory, time and CLIPScore per dataset, image
 grids, and the parity numbers of tasks both sides ran. Plots use matplotlib's Agg backend (no display).
+With one folder the report compares its approaches instead (``methods``); the grids are drawn here for both.
 """
 from __future__ import annotations
 
@@ -49,20 +50,30 @@ def load_side(folder: str | Path, label: str) -> Side:
 
 
 def match_runs(a: list[Run], b: list[Run]) -> list[tuple[Run, Run]]:
-    """Pairs of runs of the same task: same task id, else identical prompt, tokens and seed (or photo)."""
+    """Pairs of runs of the same task and approach: same task id, else identical prompt, tokens and seed (or
+    photo). The approach is part of both keys, so folders holding several approaches pair each with its own."""
     by_id, by_key = {}, {}
     for run in b:
-        by_id.setdefault(run.task_id, run)
-        by_key.setdefault(run.match_key, run)
+        by_id.setdefault((run.task_id, run.approach), run)
+        by_key.setdefault((run.match_key, run.approach), run)
     pairs, used = [], set()
     for run in a:
-        other = by_id.get(run.task_id)
+        other = by_id.get((run.task_id, run.approach))
         if other is None or other.path in used:
-            other = by_key.get(run.match_key)
+            other = by_key.get((run.match_key, run.approach))
         if other is not None and other.path not in used:
             pairs.append((run, other))
             used.add(other.path)
     return pairs
+
+
+def several_approaches(runs: list[Run]) -> bool:
+    return len({r.approach for r in runs}) > 1
+
+
+def task_label(run: Run, with_approach: bool) -> str:
+    """A task's name in tables and grids; with several approaches the approach too (a task has a run of each)."""
+    return f"{run.task_id} · {run.approach}" if with_approach else run.task_id
 
 
 # --- parity ---------------------------------------------------------------------------------------
@@ -280,41 +291,67 @@ def _thumb(path: Path | None, size: int) -> Image.Image:
         return image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
 
 
-def image_grid(pairs: list[tuple[Run, Run]], labels: list[str], size: int) -> Image.Image:
-    """Rows of tasks: A original | A suppressed | B original | B suppressed, the task id on the left."""
+def _wrap(text: str, chars: int, max_lines: int = 4) -> str:
+    """``text`` in lines of at most ``chars`` characters, broken after a '-' or ' ' where it can be."""
+    lines = []
+    for part in text.split("\n"):
+        while len(part) > chars:
+            cut = max(part.rfind("-", 0, chars), part.rfind(" ", 0, chars)) + 1 or chars
+            lines.append(part[:cut].rstrip())
+            part = part[cut:]
+        lines.append(part)
+    return "\n".join(lines[:max_lines])
+
+
+def tile_grid(headers: list[str], rows: list[tuple[str, list[Path | None]]], size: int) -> Image.Image:
+    """Image tiles under column headers, each row's label on its left; a missing image is a gray tile."""
     font = ImageFont.load_default()
-    name_w, head_h, pad = 150, 30, 4
-    grid = Image.new("RGB", (name_w + 4 * (size + pad), head_h + len(pairs) * (size + pad)), "white")
-    draw = ImageDraw.Draw(grid)
+    name_w, pad, line_h = 150, 4, 12
     chars = max(4, size // 6)  # what fits above a thumbnail in the default font
-    for c, (label, branch) in enumerate([(labels[0], "original"), (labels[0], "suppressed"),
-                                         (labels[1], "original"), (labels[1], "suppressed")]):
-        draw.multiline_text((name_w + c * (size + pad) + 2, 2), f"{label[:chars]}\n{branch[:chars]}", fill="black",
-                            font=font)
-    for r, (a, b) in enumerate(pairs):
+    heads = [_wrap(h, chars) for h in headers]
+    head_h = 6 + line_h * max(h.count("\n") + 1 for h in heads)
+    grid = Image.new("RGB", (name_w + len(headers) * (size + pad), head_h + len(rows) * (size + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, head in enumerate(heads):
+        draw.multiline_text((name_w + c * (size + pad) + 2, 2), head, fill="black", font=font)
+    for r, (label, paths) in enumerate(rows):
         y = head_h + r * (size + pad)
-        lines = [a.task_id[i:i + 22] for i in range(0, min(len(a.task_id), 88), 22)]
-        draw.multiline_text((4, y + 4), "\n".join(lines), fill="black", font=font)
-        for c, path in enumerate((a.file("original.png"), a.file("suppressed.png"),
-                                  b.file("original.png"), b.file("suppressed.png"))):
+        draw.multiline_text((4, y + 4), _wrap(label, 22, max_lines=4), fill="black", font=font)
+        for c, path in enumerate(paths):
             grid.paste(_thumb(path, size), (name_w + c * (size + pad), y))
     return grid
+
+
+def image_grid(pairs: list[tuple[Run, Run]], labels: list[str], size: int) -> Image.Image:
+    """Rows of tasks: A original | A suppressed | B original | B suppressed, the task id on the left."""
+    headers = [f"{label}\n{branch}" for label in labels for branch in ("original", "suppressed")]
+    with_approach = several_approaches([a for a, _ in pairs])
+    rows = [(task_label(a, with_approach), [a.file("original.png"), a.file("suppressed.png"),
+                                            b.file("original.png"), b.file("suppressed.png")]) for a, b in pairs]
+    return tile_grid(headers, rows, size)
+
+
+def grid_pages(dataset: str, make, count: int, out: Path) -> list[tuple[str, Path]]:
+    """``grid-<dataset>-N.png``, ``GRID_ROWS`` tasks a page: ``make(start, stop)`` draws one page."""
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in dataset)
+    written = []
+    for page, start in enumerate(range(0, count, GRID_ROWS), 1):
+        path = out / f"grid-{name}-{page}.png"
+        make(start, start + GRID_ROWS).save(path, optimize=True)
+        written.append((dataset, path))
+    return written
 
 
 def write_grids(pairs: list[tuple[Run, Run]], labels: list[str], out: Path, size: int,
                 max_tasks: int | None) -> list[tuple[str, Path]]:
     """One or more grid PNGs per dataset (``GRID_ROWS`` tasks each), at most ``max_tasks`` tasks per dataset."""
     by_dataset: dict[str, list] = {}
-    for pair in sorted(pairs, key=lambda p: p[0].task_id):
+    for pair in sorted(pairs, key=lambda p: (p[0].task_id, p[0].approach)):
         by_dataset.setdefault(pair[0].group, []).append(pair)
     written = []
     for dataset, members in sorted(by_dataset.items()):
         members = members[:max_tasks] if max_tasks else members
-        for page, start in enumerate(range(0, len(members), GRID_ROWS), 1):
-            name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in dataset)
-            path = out / f"grid-{name}-{page}.png"
-            image_grid(members[start:start + GRID_ROWS], labels, size).save(path, optimize=True)
-            written.append((dataset, path))
+        written += grid_pages(dataset, lambda i, j: image_grid(members[i:j], labels, size), len(members), out)
     return written
 
 
@@ -383,12 +420,29 @@ def _stat(values: list[float], fn) -> float | None:
 
 
 # --- the report -----------------------------------------------------------------------------------
-def build_report(folder_a: str | Path, folder_b: str | Path, out: str | Path, labels: list[str] | None = None,
-                 thumb: int = 128, max_grid_tasks: int | None = 24, title: str | None = None,
-                 note: str | None = None) -> Path:
-    """Write ``out/report.md`` and its PNGs comparing the runs of two folders; returns the report's path."""
+def clear_out(out: str | Path) -> Path:
+    """The report's folder, writable, without a previous report's figures (a rerun replaces them)."""
     from ..runs import check_writable
 
+    out = check_writable(out)
+    for stale in [*(out / name for name in PLOTS), *out.glob("grid-*.png")]:
+        stale.unlink(missing_ok=True)
+    return out
+
+
+def build_report(folder_a: str | Path, folder_b: str | Path | None, out: str | Path, labels: list[str] | None = None,
+                 thumb: int = 128, max_grid_tasks: int | None = 24, title: str | None = None,
+                 note: str | None = None) -> Path:
+    """Write ``out/report.md`` and its PNGs; returns the report's path. Two folders (or one folder and --labels
+    naming its backends): the two sides compared. One folder: its approaches compared (``methods``)."""
+    if folder_b is None:
+        if labels:
+            raise SuppressEOTError("--labels names the two sides of a comparison: give RUNS_B too, or leave "
+                                   "--labels out to compare the approaches of RUNS")
+        from .methods import build_methods_report
+
+        return build_methods_report(folder_a, out, thumb=thumb, max_grid_tasks=max_grid_tasks, title=title,
+                                    note=note)
     labels = list(labels or ["A", "B"])
     if len(labels) != 2 or labels[0] == labels[1]:
         raise SuppressEOTError("--labels takes two different names, e.g. --labels torch jittor")
@@ -397,18 +451,22 @@ def build_report(folder_a: str | Path, folder_b: str | Path, out: str | Path, la
         backends = sorted({r.backend for r in sides[0].runs})
         hint = " ".join(backends[:2]) if len(backends) > 1 else "torch jittor"
         raise SuppressEOTError(f"both sides are the same runs (backends: {', '.join(backends)}): give two folders, or "
-                               f"one folder holding both backends and --labels naming them, e.g. --labels {hint}")
-    out = check_writable(out)
-    for stale in [*(out / name for name in PLOTS), *out.glob("grid-*.png")]:  # a previous report's figures
-        stale.unlink(missing_ok=True)
+                               f"one folder holding both backends and --labels naming them, e.g. --labels {hint}; "
+                               f"or one folder alone to compare its approaches")
+    out = clear_out(out)
     pairs = match_runs(sides[0].runs, sides[1].runs)
     a, b = labels
     md = [f"# {title or f'SuppressEOT: {a} vs {b}'}", ""]
     if note:
         md += [note, ""]
     md += [f"Written by `suppress-eot report` on {datetime.datetime.now():%Y-%m-%d %H:%M}. "
-           f"{_count(len(pairs), 'task')} ran on both sides (matched by task id, else by "
-           f"prompt, tokens and seed).", ""]
+           f"{_count(len(pairs), 'task')} ran on both sides (matched by task id and approach, else by "
+           f"prompt, tokens, seed and approach).", ""]
+    approaches = sorted({r.approach for side in sides for r in side.runs})
+    if len(approaches) > 1:
+        md += [f"These folders hold several approaches ({', '.join(approaches)}): each task is compared with the "
+               f"same approach on the other side, and the per-dataset means mix them. `suppress-eot report RUNS "
+               f"--out DIR` with one folder compares the approaches.", ""]
 
     md += ["## Runs", "", markdown_table(
         ["label", "folder", "runs", "backend", "device", "dtype", "versions", "steps", "ITO iterations",
@@ -440,7 +498,8 @@ def _parity_section(pairs: list[tuple[Run, Run]], labels: list[str]) -> list[str
     md = ["## Parity on matching tasks", ""]
     if not pairs:
         return md + ["No task ran on both sides: nothing to compare.", ""]
-    rows = [parity(x, y) for x, y in pairs]
+    with_approach = several_approaches([x for x, _ in pairs])
+    rows = [{**parity(x, y), "task": task_label(x, with_approach)} for x, y in pairs]
 
     def worst(key):
         values = [r[key] for r in rows if r.get(key) is not None]
