@@ -437,7 +437,7 @@ class TorchBackend:
             accepted = inspect.signature(cls.__init__).parameters
             absent = {k: v for k, v in {"safety_checker": None, "feature_extractor": None, "image_encoder": None,
                                         "requires_safety_checker": False}.items() if k in accepted}
-            bars = not diffusers.utils.logging.are_progress_bars_disabled()
+            bars = diffusers.utils.logging.is_progress_bar_enabled()
             diffusers.utils.logging.disable_progress_bar()  # its "Loading pipeline components" bar: nothing loads
             try:
                 self._pipelines[key] = cls.from_pretrained(self.model_dir, **modules, **absent,
