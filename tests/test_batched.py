@@ -130,17 +130,18 @@ def test_batch_group_size_runs_groups_and_isolates_a_failing_task(tmp_path, smal
     err = capsys.readouterr().err
     assert "group of 2 failed" in err and "running its tasks one by one" in err
     runs = {p.name: json.loads((p / "run.json").read_text()) for p in out.iterdir() if (p / "run.json").is_file()}
-    assert sorted(runs) == ["gen-a--torch", "gen-b--torch", "real-a--torch"]
-    assert runs["gen-a--torch"]["group_size"] == 2 and runs["gen-a--torch"]["group"] == ["gen-a", "gen-b"]
-    assert runs["real-a--torch"]["group_size"] == 1 and "group" not in runs["real-a--torch"]
+    gen_a, gen_b, real_a = (f"{task}--suppresseot--torch" for task in ("gen-a", "gen-b", "real-a"))
+    assert sorted(runs) == [gen_a, gen_b, real_a]
+    assert runs[gen_a]["group_size"] == 2 and runs[gen_a]["group"] == ["gen-a", "gen-b"]
+    assert runs[real_a]["group_size"] == 1 and "group" not in runs[real_a]
     from suppresseot.evaluation import find_runs
 
     shares = {run.path.name: run.wall_seconds for run in find_runs(out)}  # report: a grouped task's share
-    assert shares["gen-a--torch"] == pytest.approx(runs["gen-a--torch"]["task_seconds"] / 2)
-    assert shares["real-a--torch"] == pytest.approx(runs["real-a--torch"]["task_seconds"])
+    assert shares[gen_a] == pytest.approx(runs[gen_a]["task_seconds"] / 2)
+    assert shares[real_a] == pytest.approx(runs[real_a]["task_seconds"])
     summary = (out / "summary.csv").read_text().splitlines()
     assert "group_size" in summary[0].split(",")
     failures = (out / "failures.csv").read_text()
     assert "real-missing" in failures and "real-a" not in failures
     assert main(argv) == 1  # a rerun does no finished work again
-    assert "3 of 4 tasks already finished" in capsys.readouterr().err
+    assert "3 of 4 runs already finished" in capsys.readouterr().err

@@ -288,13 +288,14 @@ def test_batch_manifest_names_models_and_loras(tmp_path, small_model_dir, pipe, 
     argv = ["batch", str(tmp_path / "tiny.json"), "--model-config", str(small_model_dir), "--out",
             str(tmp_path / "out"), "--steps", "1", "--iterations", "1", "--no-progress"]
     assert main(argv) == 0
-    records = {name: json.loads((tmp_path / "out" / f"{name}--torch" / "run.json").read_text())
+    records = {name: json.loads((tmp_path / "out" / f"{name}--suppresseot--torch" / "run.json").read_text())
                for name in ("plain", "styled", "folder")}
     assert [r["model"] for r in records.values()] == [str(tmp_path / "model.safetensors")] * 2 + [str(small_model_dir)]
     assert [r["loras"] for r in records.values()] == [[], [{
         "file": "style.safetensors", "sha256": weights.file_sha256(tmp_path / "style.safetensors"), "scale": 0.5}], []]
     assert len(list((cache / "models").iterdir())) == 2  # the checkpoint's folder, and it with the LoRA fused
-    latents = {name: np.load(tmp_path / "out" / f"{name}--torch" / "final_latents.npy") for name in records}
+    latents = {name: np.load(tmp_path / "out" / f"{name}--suppresseot--torch" / "final_latents.npy")
+               for name in records}
     np.testing.assert_allclose(latents["plain"], latents["folder"], atol=1e-6, rtol=0)
     assert not np.allclose(latents["plain"], latents["styled"])
 

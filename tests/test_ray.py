@@ -89,8 +89,8 @@ def test_ray_batch_equals_the_local_batch_and_a_failing_task_does_not_stop_it(ra
     err = capsys.readouterr().err
     assert "Ray: 2 worker(s), 0 GPU and 1 CPU each" in err and "FAILED real-dog" in err
     local = folder / "local"
-    assert run_dirs(out) == run_dirs(local) == ["gen-0--torch", "gen-1--torch", "gen-2--torch", "gen-3--torch",
-                                                "real-cat--torch"]
+    assert run_dirs(out) == run_dirs(local) == [f"{t}--suppresseot--torch" for t in ("gen-0", "gen-1", "gen-2",
+                                                                                    "gen-3", "real-cat")]
     for name in run_dirs(out):
         same_results(local / name, out / name)
         record = json.loads((out / name / "run.json").read_text())
@@ -116,6 +116,33 @@ def test_ray_batch_equals_the_local_batch_and_a_failing_task_does_not_stop_it(ra
                 assert address.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), c
 
 
+def test_ray_batch_runs_every_approach_as_the_local_batch_names_them(ray_session, study, capsys):
+    """The same (task, approach) pairs, groups and run directories as without Ray; a photo sent to a worker as an
+    array is recorded by its path; SuppressEOT's runs equal the local batch's."""
+    folder, argv = study
+    out = folder / "ray-approaches"
+    assert main(argv + ["--out", str(out), "--only", "gen-0", "gen-1", "real-cat",
+                        "--approaches", "suppresseot,negative-prompt,ledits++"] + RAY) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 of 9 (task, approach) pairs that cannot run here: ledits++ not for generated images (2)" in err
+    expected = [("gen-0", "suppresseot"), ("gen-0", "negative-prompt"), ("gen-1", "suppresseot"),
+                ("gen-1", "negative-prompt"), ("real-cat", "suppresseot"), ("real-cat", "negative-prompt"),
+                ("real-cat", "ledits++")]
+    assert run_dirs(out) == sorted(f"{t}--{a}--torch" for t, a in expected)
+    summary = [(r["task"], r["approach"], r["status"]) for r in read_csv(out / "summary.csv")]
+    assert summary == [(t["id"], a, "finished" if (t["id"], a) in expected else "pending")  # the manifest's order
+                       for t in GENERATED + PHOTOS for a in ("suppresseot", "negative-prompt", "ledits++")
+                       if a != "ledits++" or t["type"] == "real"]
+    for task, approach in expected:
+        record = json.loads((out / f"{task}--{approach}--torch" / "run.json").read_text())
+        assert record["approach"]["name"] == approach and record["ray_worker"]["node"] == LOOPBACK
+        assert record["group_size"] == (2 if approach == "suppresseot" and task != "real-cat" else 1)
+        if task == "real-cat":
+            assert record["inversion"]["image"] == str(folder / "cat.png")
+        if approach == "suppresseot":
+            same_results(folder / "local" / f"{task}--suppresseot--torch", out / f"{task}--{approach}--torch")
+
+
 def test_a_worker_killed_mid_group_has_its_group_run_once_elsewhere(ray_session, study, small_model_dir, capsys):
     from suppresseot.study.ray_batch import run_batch_ray
 
@@ -128,7 +155,7 @@ def test_a_worker_killed_mid_group_has_its_group_run_once_elsewhere(ray_session,
 
     def kill_first(worker: dict, group) -> None:  # SIGKILL the worker process as it starts its first group
         if not killed:
-            killed.append((worker["pid"], [t.id for t in group]))
+            killed.append((worker["pid"], [pair.task.id for pair in group]))
             os.kill(worker["pid"], signal.SIGKILL)
 
     def load_model():
@@ -142,13 +169,13 @@ def test_a_worker_killed_mid_group_has_its_group_run_once_elsewhere(ray_session,
     assert code == 0 and killed
     err = capsys.readouterr().err
     assert "died" in err and "goes back in the queue" in err
-    assert run_dirs(out) == [f"gen-{i}--torch" for i in range(4)]  # each once, no -2 copies
+    assert run_dirs(out) == [f"gen-{i}--suppresseot--torch" for i in range(4)]  # each once, no -2 copies
     assert [(r["task"], r["status"]) for r in read_csv(out / "summary.csv")] == [(f"gen-{i}", "finished")
                                                                                    for i in range(4)]
     assert read_csv(out / "failures.csv") == []
     for name in run_dirs(out):
         same_results(folder / "local" / name, out / name)
-    pids = {json.loads((out / f"{task}--torch" / "run.json").read_text())["ray_worker"]["pid"]
+    pids = {json.loads((out / f"{task}--suppresseot--torch" / "run.json").read_text())["ray_worker"]["pid"]
             for task in killed[0][1]}
     assert killed[0][0] not in pids  # the killed group was computed by a live worker
 
@@ -179,12 +206,12 @@ def test_a_killed_driver_resumes_with_nothing_twice(ray_session, study, capsys):
     first = run_dirs(out)
     assert len(first) < 4, "the driver finished before it was killed"
     stamps = {name: (out / name / "run.json").stat().st_mtime_ns for name in first}
-    (out / f".gen-3--torch.tmp-{proc.pid}").mkdir()  # what a kill while saving leaves
+    (out / f".gen-3--suppresseot--torch.tmp-{proc.pid}").mkdir()  # what a kill while saving leaves
 
     assert main(argv + RAY) == 0  # the rerun (on the module's Ray) resumes
     err = capsys.readouterr().err
-    assert f"{len(first)} of 4 tasks already finished" in err and "4 of 4 tasks finished" in err
-    assert run_dirs(out) == [f"gen-{i}--torch" for i in range(4)]
+    assert f"{len(first)} of 4 runs already finished" in err and "4 of 4 runs finished" in err
+    assert run_dirs(out) == [f"gen-{i}--suppresseot--torch" for i in range(4)]
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     assert {name: (out / name / "run.json").stat().st_mtime_ns for name in first} == stamps
     assert [(r["task"], r["status"]) for r in read_csv(out / "summary.csv")] == [(f"gen-{i}", "finished")

@@ -13,10 +13,13 @@ import pytest
 from PIL import Image
 
 from suppresseot.cli import main, shipped_tokenizer
-from suppresseot.study.batch import select_tasks
+from suppresseot.study.batch import BatchOptions, make_groups, select_tasks
 from suppresseot.study.manifests import Task, load_manifest
 from suppresseot.study.memory import MemorySampler
+from suppresseot.study.pairs import Plan
 from suppresseot.tokens import token_table
+
+TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "clip-tokenizer"
 
 SHIPPED = {"unsplash": 10, "examples": 8, "vangogh": 20, "tyler": 10, "coco-car-gen": 12}
 
@@ -155,6 +158,80 @@ def test_select_tasks_only_shard_limit():
     assert ids(select_tasks(tasks, only=["t5", "t1"], limit=1)) == ["t1"]
 
 
+def test_pairs_are_task_major_and_what_cannot_run_is_left_out():
+    tasks = [Task("gen", "generated", "a cat on a car", [2]),
+             Task("real", "real", "a cat on a car", [2], image="x.png"),
+             Task("add", "generated", "a cat on a car", [2], mode="add"), Task("gen2", "generated", "a cow", [2])]
+    plan = Plan.choose("suppresseot,negative-prompt,ledits++", "torch")
+    assert not plan.every and Plan.choose(None, "torch").approaches == ["suppresseot"]
+    pairs = plan.pairs(tasks)
+    assert [(p.task.id, p.approach) for p in pairs] == [
+        ("gen", "suppresseot"), ("gen", "negative-prompt"),
+        ("real", "suppresseot"), ("real", "negative-prompt"), ("real", "ledits++"),
+        ("add", "suppresseot"), ("gen2", "suppresseot"), ("gen2", "negative-prompt")]
+    assert pairs[4].name("torch") == "real--ledits++--torch"
+    assert plan.left_out(tasks) == ("left out 4 of 12 (task, approach) pairs that cannot run here: ledits++ not for "
+                                    "generated images (3); negative-prompt not for add tasks (1)")
+    plan.check(tasks)  # each named approach runs something
+    # groups: one approach each; the SuppressEOT family batches, baselines run alone
+    groups = make_groups(pairs, BatchOptions(group_size=2))
+    assert [[(p.task.id, p.approach) for p in g] for g in groups] == [
+        [("gen", "suppresseot"), ("gen2", "suppresseot")], [("gen", "negative-prompt")], [("real", "suppresseot")],
+        [("real", "negative-prompt")], [("real", "ledits++")], [("add", "suppresseot")], [("gen2", "negative-prompt")]]
+    # all: every approach that fits, the rest said in the line; a family known before the load counts too
+    every = Plan.choose("all", "torch")
+    every.families = {task.id: "sdxl" for task in tasks}
+    every.check(tasks)
+    assert every.every and {p.approach for p in every.pairs(tasks)} == {"suppresseot", "swr-only", "ito-only",
+                                                                        "negative-prompt", "attention-reweight",
+                                                                        "ledits++"}
+    assert "sega, sld not for sdxl models (8)" in every.left_out(tasks)
+    jittor = Plan.choose("all", "jittor")
+    assert {p.approach for p in jittor.pairs(tasks)} == {"suppresseot", "swr-only", "ito-only"}
+    assert "negative-prompt, sega, sld, attention-reweight, ledits++ not on jittor (20)" in jittor.left_out(tasks)
+
+
+def test_approaches_are_recorded_by_prepare_and_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """A name that is no approach, or a named approach that cannot run here (the backend, the model's family,
+    none of the tasks): one line, exit 2, nothing written and no weights loaded."""
+    pytest.importorskip("diffusers")
+    from suppresseot.api import SuppressEOT
+    from suppresseot.random_model import save_random_family
+
+    assert main(["prepare", "examples", "--approaches", "suppresseot,sega", "--out", str(tmp_path / "m")]) == 0
+    assert read_json(tmp_path / "m" / "examples.json")["approaches"] == ["suppresseot", "sega"]
+    assert main(["prepare", "examples", "--approaches", "all", "--out", str(tmp_path / "m")]) == 0
+    assert read_json(tmp_path / "m" / "examples.json")["approaches"] == ["all"]
+    assert load_manifest(tmp_path / "m" / "examples.json", shipped_tokenizer()).approaches == ["all"]
+    one_line_error(capsys, ["prepare", "examples", "--approaches", "sega,nope", "--out", str(tmp_path / "p")],
+                   "unknown approach 'nope'")
+    assert not (tmp_path / "p").exists()
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(SuppressEOT, "from_pretrained", no_load)
+    sdxl = save_random_family(tmp_path / "sdxl", TOKENIZER_DIR, "sdxl", size="tiny", latent_size=16)
+    capsys.readouterr()
+    gen = {"id": "gen", "type": "generated", "prompt": "a cat sitting on a red car", "token_group": [6]}
+    real = {"id": "real", "type": "real", "prompt": "a cat sitting on a red car", "token_group": [2],
+            "image": "cat.png"}
+    (tmp_path / "gen.json").write_text(json.dumps({"tasks": [gen]}))
+    (tmp_path / "real.json").write_text(json.dumps({"tasks": [real], "approaches": ["suppresseot"]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"tasks": [gen], "approaches": ["nope"]}))
+    out = tmp_path / "out"
+    for argv, expected in (
+            (["gen.json", "--approaches", "nope"], "unknown approach 'nope'"),
+            (["bad.json"], "bad.json: unknown approach 'nope'"),
+            (["gen.json", "--approaches", "sega", "--model", str(sdxl)], "sega has no pipeline for sdxl models"),
+            (["gen.json", "--approaches", "suppresseot,sega", "--backend", "jittor", "--model", str(tmp_path / "none")],
+             "sega runs on the torch backend"),
+            (["real.json", "--approaches", "sega", "--model", str(tmp_path / "none")],  # over the manifest's
+             "none of the 1 selected task(s) can be run by sega: sega is for generated images only")):
+        one_line_error(capsys, ["batch", str(tmp_path / argv[0]), "--out", str(out), *argv[1:]], expected)
+        assert not out.exists()
+
+
 def test_memory_sampler_sees_a_short_peak(tmp_path):
     used = [1000]
     with MemorySampler(reader=lambda: used[0], interval=0.01) as sampler:
@@ -200,25 +277,25 @@ def test_batch_survives_a_kill_and_a_failing_task(tmp_path, small_model_dir, cap
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "suppresseot.cli"] + argv, stderr=err, stdout=err)
     deadline = time.monotonic() + 300
-    while not (out / "gen-cat--torch").exists():
+    while not (out / "gen-cat--suppresseot--torch").exists():
         assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
         assert time.monotonic() < deadline, "the first task did not finish in 5 minutes"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert run_dirs(out) == ["gen-cat--torch"]
-    first_run = (out / "gen-cat--torch" / "run.json").stat().st_mtime_ns
-    stale = out / f".real-cat--torch.tmp-{proc.pid}"  # what a kill during save_run leaves
+    assert run_dirs(out) == ["gen-cat--suppresseot--torch"]
+    first_run = (out / "gen-cat--suppresseot--torch" / "run.json").stat().st_mtime_ns
+    stale = out / f".real-cat--suppresseot--torch.tmp-{proc.pid}"  # what a kill during save_run leaves
     stale.mkdir()
     (stale / "original.png").write_bytes(b"")
 
     # 2. rerun: the finished task is skipped, the photo runs, the task without a photo fails and is listed
     assert main(argv) == 1
     assert not stale.exists()
-    assert run_dirs(out) == ["gen-cat--torch", "real-cat--torch"]
-    assert (out / "gen-cat--torch" / "run.json").stat().st_mtime_ns == first_run
+    assert run_dirs(out) == ["gen-cat--suppresseot--torch", "real-cat--suppresseot--torch"]
+    assert (out / "gen-cat--suppresseot--torch" / "run.json").stat().st_mtime_ns == first_run
     failures = read_csv(out / "failures.csv")
-    assert [(f["task"], f["backend"]) for f in failures] == [("real-dog", "torch")]
+    assert [(f["task"], f["approach"], f["backend"]) for f in failures] == [("real-dog", "suppresseot", "torch")]
     assert "dog.png does not exist" in failures[0]["error"]
     summary = {row["task"]: row for row in read_csv(out / "summary.csv")}
     assert {t: row["status"] for t, row in summary.items()} == {
@@ -226,7 +303,8 @@ def test_batch_survives_a_kill_and_a_failing_task(tmp_path, small_model_dir, cap
     assert "dog.png" in summary["real-dog"]["error"]
     for task in ("gen-cat", "real-cat"):
         row = summary[task]
-        assert row["backend"] == "torch" and float(row["seconds_swr_ito_sampling"]) > 0
+        assert row["backend"] == "torch" and row["approach"] == "suppresseot"
+        assert float(row["seconds_swr_ito_sampling"]) > 0
         assert float(row["final_ito_total_loss"]) == pytest.approx(
             float(read_csv(out / row["run_dir"] / "ito.csv")[-1]["total"]))
         assert row["nvml_status"].startswith("disabled: ")  # CPU: recorded as such, not as a number
@@ -234,14 +312,111 @@ def test_batch_survives_a_kill_and_a_failing_task(tmp_path, small_model_dir, cap
             assert (out / row[column]).is_file()
     assert float(summary["real-cat"]["seconds_null_text"]) > 0 and summary["real-cat"]["mean_null_text_loss"]
     assert (out / summary["real-cat"]["input"]).is_file() and summary["gen-cat"]["input"] == ""
-    assert read_json(out / "real-cat--torch" / "run.json")["task"]["id"] == "real-cat"
+    assert read_json(out / "real-cat--suppresseot--torch" / "run.json")["task"]["id"] == "real-cat"
 
     # 3. the photo appears: the rerun runs only that task, and it leaves failures.csv
     Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "dog.png")
     assert main(argv + ["--inversion", "npi"]) == 0
-    assert run_dirs(out) == ["gen-cat--torch", "real-cat--torch", "real-dog--torch"]  # each task exactly once
+    assert run_dirs(out) == ["gen-cat--suppresseot--torch", "real-cat--suppresseot--torch",
+                             "real-dog--suppresseot--torch"]  # each task exactly once
     assert read_csv(out / "failures.csv") == []
     assert [row["status"] for row in read_csv(out / "summary.csv")] == ["finished"] * 3
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     err = capsys.readouterr().err
-    assert "2 of 3 tasks already finished" in err and "3 of 3 tasks finished" in err
+    assert "2 of 3 runs already finished" in err and "3 of 3 runs finished" in err
+
+
+@pytest.mark.slow
+def test_batch_runs_every_approach_and_a_killed_batch_loses_and_repeats_nothing(tmp_path, small_model_dir, capsys,
+                                                                              monkeypatch):
+    """Each task by each approach that can run it (task-major, one run directory a pair), the model loaded once;
+    killed after its first group, then rerun with a failing pair, then rerun once more: every pair is finished
+    exactly once and nothing is left behind."""
+    pytest.importorskip("diffusers")
+    from suppresseot.api import SuppressEOT
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "cat.png")
+    manifest = tmp_path / "tiny.json"
+    manifest.write_text(json.dumps({"name": "tiny", "approaches": ["suppresseot"], "tasks": [
+        {"id": "gen-a", "type": "generated", "prompt": "a cat sitting on a red car", "token_group": [6], "seed": 3,
+         "tau": 1.0},
+        {"id": "gen-b", "type": "generated", "prompt": "a dog sitting on a red car", "token_group": [6], "seed": 4,
+         "tau": 1.0},
+        {"id": "real-a", "type": "real", "prompt": "a cat sitting on a red car", "token_group": [2],
+         "image": "cat.png", "tau": 1.0},
+        {"id": "real-b", "type": "real", "prompt": "a dog on a sofa", "token_group": [2], "image": "dog.png",
+         "tau": 1.0},  # no dog.png yet: its pairs fail
+    ]}))
+    out = tmp_path / "out"
+    approaches = ("suppresseot", "swr-only", "negative-prompt", "ledits++")  # over the manifest's
+    argv = ["batch", str(manifest), "--model", str(small_model_dir), "--out", str(out), "--group-size", "2",
+            "--approaches", ",".join(approaches)] + FAST
+    expected = [(task, a) for task in ("gen-a", "gen-b") for a in approaches[:3]] + [
+        (task, a) for task in ("real-a", "real-b") for a in approaches]
+    names = sorted(f"{task}--{approach}--torch" for task, approach in expected)
+
+    def finished() -> list[str]:
+        return [name for name in run_dirs(out) if (out / name / "run.json").is_file()]
+
+    # 1. killed with SIGKILL once its first group (gen-a and gen-b by SuppressEOT, together) is saved
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "suppresseot.cli"] + argv, stderr=err, stdout=err)
+    deadline = time.monotonic() + 300
+    while not (out / "gen-a--suppresseot--torch").exists():
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        assert time.monotonic() < deadline, "the first group did not finish in 5 minutes"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = finished()  # (a group half saved also leaves a .tmp- folder)
+    assert first and len(first) < len(names) and set(first) <= set(names)
+    stamps = {name: (out / name / "run.json").stat().st_mtime_ns for name in first}
+    log = (tmp_path / "stderr.txt").read_text()
+    assert "left out 2 of 16 (task, approach) pairs that cannot run here: ledits++ not for generated images (2)" in log
+    (out / f".real-a--ledits++--torch.tmp-{proc.pid}").mkdir()  # what a kill during save_run leaves
+
+    # 2. rerun: the rest, on one load of the model; real-b's pairs fail, each recorded once with its approach
+    loads, load = [], SuppressEOT.from_pretrained.__func__
+    monkeypatch.setattr(SuppressEOT, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a) or load(
+        cls, *a, **k)))
+    assert main(argv) == 1
+    assert len(loads) == 1
+    err = capsys.readouterr().err
+    assert f"{len(first)} of 14 runs already finished" in err and "10 of 14 runs finished, 4 failed" in err
+    assert finished() == sorted(n for n in names if not n.startswith("real-b"))
+    assert {name: (out / name / "run.json").stat().st_mtime_ns for name in first} == stamps
+    failures = read_csv(out / "failures.csv")
+    assert [(f["task"], f["approach"], f["backend"]) for f in failures] == [("real-b", a, "torch")
+                                                                           for a in sorted(approaches)]
+    assert all("dog.png does not exist" in f["error"] for f in failures)
+    summary = read_csv(out / "summary.csv")
+    assert list(summary[0])[:6] == ["task", "set", "type", "approach", "backend", "status"]
+    assert [(r["task"], r["approach"], r["status"]) for r in summary] == [
+        (t, a, "failed" if t == "real-b" else "finished") for t, a in expected]
+
+    # 3. the photo appears: only the failed pairs run, and they leave failures.csv
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "dog.png")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "10 of 14 runs already finished" in err and "14 of 14 runs finished, 0 failed" in err
+    assert run_dirs(out) == names and not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert {name: (out / name / "run.json").stat().st_mtime_ns for name in first} == stamps
+    assert read_csv(out / "failures.csv") == [] and not list((out / ".failed").glob("*.json"))
+    summary = read_csv(out / "summary.csv")
+    assert [(r["task"], r["approach"], r["status"]) for r in summary] == [(t, a, "finished") for t, a in expected]
+    for row in summary:
+        record = read_json(out / row["run_dir"] / "run.json")
+        assert row["run_dir"] == f"{row['task']}--{row['approach']}--torch"
+        assert record["approach"]["name"] == row["approach"] and record["task"]["id"] == row["task"]
+        assert (out / row["original"]).is_file() and (out / row["suppressed"]).is_file()
+        if row["type"] == "real":  # the approach's own inversion or this project's, the photo recorded alike
+            assert record["inversion"]["image"] == str(tmp_path / record["task"]["image"])
+            assert record["inversion"]["method"] == ("ledits++" if row["approach"] == "ledits++" else "nt")
+    grouped = read_json(out / "gen-b--swr-only--torch" / "run.json")  # SuppressEOT's family batches, per approach
+    assert grouped["group"] == ["gen-a", "gen-b"] and grouped["settings"]["iterations"] == 0
+    assert read_json(out / "gen-a--negative-prompt--torch" / "run.json")["group_size"] == 1  # baselines alone
+
+    # 4. a fourth run has nothing to do
+    assert main(argv) == 0
+    assert "14 of 14 runs already finished" in capsys.readouterr().err
+    assert run_dirs(out) == names

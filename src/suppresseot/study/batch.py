@@ -1,10 +1,11 @@
-"""Run a manifest's tasks, one run directory each, so that a killed batch resumes where it stopped.
+"""Run a manifest's tasks by each of the batch's approaches, one run directory a pair, so that a killed batch
+resumes where it stopped.
 
-State lives only on disk: a task is finished when ``<id>--<backend>/run.json`` exists (``save_run``
-writes the folder under a temporary name and renames it when complete), failed while
-``.failed/<id>--<backend>.json`` exists. ``summary.csv`` and ``failures.csv`` are rebuilt from those
-after every task, so they are complete whatever happened before, and shards running into one folder
-do not overwrite each other's rows.
+The unit of work is a (task, approach) pair (``pairs``). State lives only on disk: a pair is finished when
+``<id>--<approach>--<backend>/run.json`` exists (``save_run`` writes the folder under a temporary name and
+renames it when complete), failed while ``.failed/<id>--<approach>--<backend>.json`` exists.
+``summary.csv`` and ``failures.csv`` are rebuilt from those after every run, so they are complete whatever
+happened before, and shards running into one folder do not overwrite each other's rows.
 """
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import approaches
 from ..errors import SuppressEOTError
-from .manifests import Manifest, Task
+from .manifests import DEFAULT_SEED, Manifest, Task
 from .memory import DEFAULT_INTERVAL, MemorySampler, MemoryTrace
+from .pairs import Pair, Plan, as_pair, run_name
 
 FAILED_DIR = ".failed"
-STAGE_ORDER = ["inversion_text_encoding", "vae_encode", "ddim_inversion", "null_text", "text_encoding",
-               "swr_ito_sampling", "vae_decode"]
-FAILURE_COLUMNS = ["task", "backend", "error", "time"]
+# summary.csv's stage columns in pipeline order, SuppressEOT's and the baselines' (inversion, sampling*)
+STAGE_ORDER = ["inversion_text_encoding", "vae_encode", "ddim_inversion", "null_text", "inversion", "text_encoding",
+               "swr_ito_sampling", "sampling", "sampling_original", "sampling_edited", "vae_decode"]
+FAILURE_COLUMNS = ["task", "approach", "backend", "error", "time"]
 
 
 @dataclass
@@ -43,10 +47,6 @@ class BatchOptions:
     memory_interval: float = DEFAULT_INTERVAL
     group_size: int = 1  # tasks with the same settings run together, their UNet passes batched
     ito_blocks: tuple = ("up", "down", "mid")  # UNet blocks whose maps ITO reads (suppress-eot --ito-blocks)
-
-
-def run_name(task_id: str, backend: str) -> str:
-    return f"{task_id}--{backend}"
 
 
 def is_finished(out_dir: Path, name: str) -> bool:
@@ -123,18 +123,19 @@ def error_line(exc: BaseException) -> str:
     return message if isinstance(exc, SuppressEOTError) else f"{type(exc).__name__}: {message}".rstrip(": ")
 
 
-def record_failure(out_dir: Path, task: Task, backend: str, exc: BaseException) -> str:
+def record_failure(out_dir: Path, pair: Pair | Task, backend: str, exc: BaseException) -> str:
+    pair = as_pair(pair)
     folder = out_dir / FAILED_DIR
     folder.mkdir(exist_ok=True)
     line = error_line(exc)
-    _write_json_atomic(folder / f"{run_name(task.id, backend)}.json",
-                       {"task": task.id, "backend": backend, "error": line,
+    _write_json_atomic(folder / f"{pair.name(backend)}.json",
+                       {"task": pair.task.id, "approach": pair.approach, "backend": backend, "error": line,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return line
 
 
-def clear_failure(out_dir: Path, task: Task, backend: str) -> None:
-    (out_dir / FAILED_DIR / f"{run_name(task.id, backend)}.json").unlink(missing_ok=True)
+def clear_failure(out_dir: Path, pair: Pair | Task, backend: str) -> None:
+    (out_dir / FAILED_DIR / f"{as_pair(pair).name(backend)}.json").unlink(missing_ok=True)
 
 
 def read_failures(out_dir: Path) -> dict[str, dict]:
@@ -177,15 +178,50 @@ def _max(values):
     return max(values) if values else None
 
 
-def summary_rows(out_dir: Path, manifest: Manifest, backend: str) -> tuple[list[str], list[dict]]:
-    """One row per manifest task and backend (finished, failed or pending), then other runs found in out_dir."""
+def _run_key(name: str, record: dict) -> tuple[str, str, str]:
+    """(task id, approach, backend) of a batch's run.json, from what it records (a task id may itself hold
+    ``--``); a run from before approaches is SuppressEOT's."""
+    approach = record.get("approach")
+    approach = approach.get("name") if isinstance(approach, dict) else approach
+    info = record.get("backend")
+    backend = (record.get("batch") or {}).get("backend") or (info.get("backend") if isinstance(info, dict) else None)
+    return (str(record["task"].get("id", name)), str(approach or approaches.DEFAULT),
+            str(backend or name.rsplit("--", 1)[-1]))
+
+
+def _failure_key(name: str, record: dict) -> tuple[str, str, str]:
+    return (str(record.get("task", name)), str(record.get("approach") or approaches.DEFAULT),
+            str(record.get("backend") or name.rsplit("--", 1)[-1]))
+
+
+def _found(runs: dict[str, dict], failures: dict[str, dict]) -> dict[tuple, str]:
+    """The folder (or failure record) name of every (task, approach, backend) on disk: a finished run over a
+    failure, the canonical name over another."""
+    found: dict[tuple, str] = {}
+    for name, record in failures.items():
+        found[_failure_key(name, record)] = name
+    for name, record in runs.items():
+        key = _run_key(name, record)
+        if key not in found or found[key] not in runs or name == run_name(*key):
+            found[key] = name
+    return found
+
+
+def summary_rows(out_dir: Path, manifest: Manifest, plan: Plan | str) -> tuple[list[str], list[dict]]:
+    """One row per manifest task and approach of the batch that can run it (finished, failed or pending), task
+    by task, plus what other approaches and backends left for it in out_dir; then other runs found there."""
+    plan = Plan(backend=plan) if isinstance(plan, str) else plan
     runs, failures = read_runs(out_dir), read_failures(out_dir)
-    backends = [backend] + sorted({n.rsplit("--", 1)[1] for n in [*runs, *failures]} - {backend})
     stages = _stages(runs.values())
+    by_task: dict[str, dict[tuple[str, str], str]] = {}
+    for (task_id, approach, backend), name in _found(runs, failures).items():
+        by_task.setdefault(task_id, {})[approach, backend] = name
+    order = {name: i for i, name in reversed(list(enumerate([*plan.approaches, *approaches.APPROACHES])))}
     rows, listed = [], set()
 
-    def row_for(name: str, task_id: str, task_set: str, task_type: str, task_backend: str) -> dict:
-        row = {"task": task_id, "set": task_set, "type": task_type, "backend": task_backend, "status": "pending"}
+    def row_for(name: str, task_id: str, task_set: str, task_type: str, approach: str, backend: str) -> dict:
+        row = {"task": task_id, "set": task_set, "type": task_type, "approach": approach, "backend": backend,
+               "status": "pending"}
         record = runs.get(name)
         if record is not None:
             seconds, memory, nvml = record.get("seconds", {}), record.get("memory", {}), record.get("nvml") or {}
@@ -213,18 +249,20 @@ def summary_rows(out_dir: Path, manifest: Manifest, backend: str) -> tuple[list[
         return row
 
     for task in manifest.tasks:
-        for task_backend in backends:
-            name = run_name(task.id, task_backend)
-            if task_backend != backend and name not in runs and name not in failures:
-                continue  # another backend that never ran this task here
-            rows.append(row_for(name, task.id, task.set, task.type, task_backend))
+        here = by_task.get(task.id, {})
+        combos = {(pair.approach, plan.backend) for pair in plan.pairs([task])} | set(here)
+        for approach, backend in sorted(combos, key=lambda c: (order.get(c[0], len(order)), c[0],
+                                                               c[1] != plan.backend, c[1])):
+            name = here.get((approach, backend), run_name(task.id, approach, backend))
+            rows.append(row_for(name, task.id, task.set, task.type, approach, backend))
             listed.add(name)
     for name in sorted(set(runs) | set(failures)):
         if name not in listed:  # runs of other manifests written to the same folder
-            task = runs[name]["task"] if name in runs else {"id": failures[name].get("task", name)}
-            rows.append(row_for(name, task.get("id", name), task.get("set", ""), task.get("type", ""),
-                                name.rsplit("--", 1)[1]))
-    columns = (["task", "set", "type", "backend", "status", "run_dir", "task_seconds", "group_size",
+            task = runs[name]["task"] if name in runs else {}
+            task_id, approach, backend = (_run_key(name, runs[name]) if name in runs
+                                          else _failure_key(name, failures[name]))
+            rows.append(row_for(name, task_id, task.get("set", ""), task.get("type", ""), approach, backend))
+    columns = (["task", "set", "type", "approach", "backend", "status", "run_dir", "task_seconds", "group_size",
                 "stage_seconds_total"]
                + [f"seconds_{s}" for s in stages]
                + [f"peak_allocated_bytes_{s}" for s in stages] + [f"peak_reserved_bytes_{s}" for s in stages]
@@ -234,11 +272,12 @@ def summary_rows(out_dir: Path, manifest: Manifest, backend: str) -> tuple[list[
     return columns, rows
 
 
-def write_reports(out_dir: Path, manifest: Manifest, backend: str) -> None:
+def write_reports(out_dir: Path, manifest: Manifest, plan: Plan | str) -> None:
     """Rewrite summary.csv and failures.csv from the run directories and failure records."""
-    columns, rows = summary_rows(out_dir, manifest, backend)
+    columns, rows = summary_rows(out_dir, manifest, plan)
     _write_csv_atomic(out_dir / "summary.csv", columns, rows)
-    failures = sorted(read_failures(out_dir).values(), key=lambda f: (f.get("task", ""), f.get("backend", "")))
+    failures = [{**f, "approach": f.get("approach") or approaches.DEFAULT} for f in read_failures(out_dir).values()]
+    failures.sort(key=lambda f: (f.get("task", ""), f["approach"], f.get("backend", "")))
     _write_csv_atomic(out_dir / "failures.csv", FAILURE_COLUMNS, failures)
 
 
@@ -256,29 +295,32 @@ def task_settings(task: Task, options: BatchOptions):
     return settings, inversion
 
 
-def group_key(task: Task, options: BatchOptions) -> tuple:
-    """Tasks with equal keys can run as one group: same kind, same settings (only prompts, tokens, seeds and
-    photos differ)."""
+def group_key(item: Pair | Task, options: BatchOptions) -> tuple:
+    """Pairs with equal keys can run as one group: one approach that batches (the SuppressEOT family), one
+    kind, the same settings (only prompts, tokens, seeds and photos differ). Baselines run alone."""
+    pair = as_pair(item)
+    if not approaches.get(pair.approach).batched:
+        return ("alone", *pair.key)
     try:
-        settings, inversion = task_settings(task, options)
+        settings, inversion = task_settings(pair.task, options)
     except Exception:  # noqa: BLE001 - a bad task runs alone, and fails alone with its own message
-        return ("alone", task.id)
-    return task.type, repr(settings), repr(inversion)
+        return ("alone", *pair.key)
+    return pair.approach, pair.task.type, repr(settings), repr(inversion)
 
 
-def make_groups(tasks: list[Task], options: BatchOptions) -> list[list[Task]]:
-    """Tasks in manifest order, gathered into groups of at most ``group_size`` tasks of one key (a group
-    starts where its first task stands)."""
+def make_groups(items: list, options: BatchOptions) -> list[list]:
+    """Pairs (or tasks) in order, gathered into groups of at most ``group_size`` of one key (a group starts
+    where its first member stands, so task-major pairs stay task-major group by group)."""
     size = max(1, options.group_size)
-    open_groups: dict[tuple, list[Task]] = {}
-    groups: list[list[Task]] = []
-    for task in tasks:
-        key = group_key(task, options)
+    open_groups: dict[tuple, list] = {}
+    groups: list[list] = []
+    for item in items:
+        key = group_key(item, options)
         group = open_groups.get(key)
         if group is None or len(group) >= size:
             group = open_groups[key] = []
             groups.append(group)
-        group.append(task)
+        group.append(item)
     return groups
 
 
@@ -286,99 +328,108 @@ def make_groups(tasks: list[Task], options: BatchOptions) -> list[list[Task]]:
 class GroupOutcome:
     """What one group produced, in memory: written by ``save_group`` here, or by the driver of a Ray batch."""
 
-    results: list  # SuppressionResult per task, in the group's order
+    results: list  # SuppressionResult per pair, in the group's order
     seconds: float  # the whole group's wall time
     trace: MemoryTrace  # device memory sampled over the group
 
 
-def compute_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, device: str,
+def compute_group(model, pairs: list[Pair | Task], manifest: Manifest, options: BatchOptions, device: str,
                   photos: list | None = None) -> GroupOutcome:
-    """Tasks of one group key on a loaded model: photos are inverted, then edited; generated images generated;
-    several tasks at once when the group has more than one (UNet passes batched). ``photos``: the real tasks'
-    images already loaded (a Ray worker has no access to the driver's files), else read from their paths."""
+    """Pairs of one group key on a loaded model, through the API, which runs the approach: photos edited
+    (``edit_many``: inverted with this project's inversion or the approach's own), generated images generated;
+    several tasks at once when the group has more than one (UNet passes batched). SuppressEOT's settings go to
+    every approach (a baseline ignores them). ``photos``: the real tasks' images already loaded (a Ray worker
+    has no access to the driver's files), else read from their paths."""
+    pairs = [as_pair(p) for p in pairs]
+    tasks = [pair.task for pair in pairs]
     settings, inversion = task_settings(tasks[0], options)
+    shared = dict(settings=settings, steps=options.steps, guidance_scale=options.guidance_scale,
+                  approach=pairs[0].approach)
+    prompts, groups = [task.prompt for task in tasks], [task.token_group for task in tasks]
     sampler = MemorySampler(device, interval=options.memory_interval)
     started = time.perf_counter()
     with sampler:
         if tasks[0].type == "real":
             paths = [task.image_path(manifest.base_dir) for task in tasks]
-            inverted = model.invert_many(paths if photos is None else photos, [task.prompt for task in tasks],
-                                         inversion, steps=options.steps, guidance_scale=options.guidance_scale)
-            for inv, path in zip(inverted, paths):
-                inv.source = str(path)
-            results = model.edit_many(inverted, None, [task.token_group for task in tasks], settings=settings,
-                                      guidance_scale=options.guidance_scale)
+            seed = DEFAULT_SEED if tasks[0].seed is None else tasks[0].seed  # a baseline's own noise
+            results = model.edit_many(paths if photos is None else photos, prompts, groups, inversion=inversion,
+                                      seed=seed, **shared)
+            for result, path in zip(results, paths):
+                if result.inversion is not None:  # a Ray worker got an array: the run records the file
+                    result.inversion.source = str(path)
         else:
-            results = model.generate_many([task.prompt for task in tasks], [task.token_group for task in tasks],
-                                          [task.seed for task in tasks], settings=settings, steps=options.steps,
-                                          guidance_scale=options.guidance_scale)
+            results = model.generate_many(prompts, groups, [task.seed for task in tasks], **shared)
     return GroupOutcome(results, round(time.perf_counter() - started, 4), sampler.trace)
 
 
-def save_group(outcome: GroupOutcome, tasks: list[Task], out_dir: Path, backend: str, extra: dict) -> list[Path]:
-    """One run directory ``<id>--<backend>`` per task of a computed group (each written atomically)."""
+def save_group(outcome: GroupOutcome, pairs: list[Pair | Task], out_dir: Path, backend: str,
+               extra: dict) -> list[Path]:
+    """One run directory ``<id>--<approach>--<backend>`` per pair of a computed group (each written atomically)."""
     from ..runs import save_run
 
+    pairs = [as_pair(p) for p in pairs]
     paths = []
-    for task, result in zip(tasks, outcome.results):
-        record = {**extra, "task": task.to_json(), "task_seconds": outcome.seconds, "nvml": outcome.trace.summary()}
-        if len(tasks) > 1:
-            record["group"] = [t.id for t in tasks]
-        path = save_run(result, out_dir, name=run_name(task.id, backend), extra=record)
+    for pair, result in zip(pairs, outcome.results):
+        record = {**extra, "task": pair.task.to_json(), "task_seconds": outcome.seconds,
+                  "nvml": outcome.trace.summary()}
+        if len(pairs) > 1:
+            record["group"] = [p.task.id for p in pairs]
+        path = save_run(result, out_dir, name=pair.name(backend), extra=record)
         outcome.trace.write_csv(path / "memory_trace.csv")
         paths.append(path)
     return paths
 
 
-def run_group(model, tasks: list[Task], manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
+def run_group(model, pairs: list[Pair], manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
               device: str, extra: dict) -> list[Path]:
     """``compute_group`` then ``save_group``: the local batch's unit of work."""
-    return save_group(compute_group(model, tasks, manifest, options, device), tasks, out_dir, backend, extra)
+    return save_group(compute_group(model, pairs, manifest, options, device), pairs, out_dir, backend, extra)
 
 
-def run_task(model, task: Task, manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
+def run_task(model, pair: Pair | Task, manifest: Manifest, options: BatchOptions, out_dir: Path, backend: str,
              device: str, extra: dict) -> Path:
-    """One task into ``<id>--<backend>``: a photo is inverted once, then edited; memory sampled throughout."""
-    return run_group(model, [task], manifest, options, out_dir, backend, device, extra)[0]
+    """One pair into ``<id>--<approach>--<backend>``, memory sampled throughout."""
+    return run_group(model, [as_pair(pair)], manifest, options, out_dir, backend, device, extra)[0]
 
 
 def _note(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-def _check_free(out_dir: Path, tasks: list[Task], backend: str) -> None:
-    for task in tasks:
-        if (out_dir / run_name(task.id, backend)).exists():  # not written by save_run (those are complete)
-            raise SuppressEOTError(f"{out_dir / run_name(task.id, backend)} exists but has no run.json: move it "
+def _check_free(out_dir: Path, pairs: list[Pair], backend: str) -> None:
+    for pair in pairs:
+        if (out_dir / pair.name(backend)).exists():  # not written by save_run (those are complete)
+            raise SuppressEOTError(f"{out_dir / pair.name(backend)} exists but has no run.json: move it "
                                    f"away and rerun")
 
 
-def _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar) -> int:
-    """One task; returns 1 if it failed (recorded in failures.csv), else 0."""
-    bar.set_postfix_str(task.id)
+def _run_one(model, pair, manifest, options, out_dir, backend, device, extra, debug, bar) -> int:
+    """One pair; returns 1 if it failed (recorded in failures.csv), else 0."""
+    bar.set_postfix_str(pair.label)
     started = time.perf_counter()
     try:
-        _check_free(out_dir, [task], backend)
-        path = run_task(model, task, manifest, options, out_dir, backend, device, extra)
+        _check_free(out_dir, [pair], backend)
+        path = run_task(model, pair, manifest, options, out_dir, backend, device, extra)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        line = record_failure(out_dir, task, backend, exc)
-        _note(f"FAILED {task.id}: {line}")
+        line = record_failure(out_dir, pair, backend, exc)
+        _note(f"FAILED {pair.label}: {line}")
         if debug:
             import traceback
 
             traceback.print_exc()
         return 1
-    clear_failure(out_dir, task, backend)
-    _note(f"finished {task.id} in {time.perf_counter() - started:.1f} s -> {path}")
+    clear_failure(out_dir, pair, backend)
+    _note(f"finished {pair.label} in {time.perf_counter() - started:.1f} s -> {path}")
     return 0
 
 
-def _run_together(model, group, manifest, options, out_dir, backend, device, extra, bar) -> bool:
-    """A group of tasks in one go; False if it failed (its tasks are then run one by one, so a bad task
+def _run_together(model, group, manifest, plan, options, out_dir, device, extra, bar) -> bool:
+    """A group of pairs in one go; False if it failed (its pairs are then run one by one, so a bad task
     fails alone)."""
-    bar.set_postfix_str(f"{group[0].id} +{len(group) - 1}")
+    backend = plan.backend
+    bar.set_postfix_str(f"{group[0].label} +{len(group) - 1}")
     started = time.perf_counter()
     try:
         _check_free(out_dir, group, backend)
@@ -389,81 +440,87 @@ def _run_together(model, group, manifest, options, out_dir, backend, device, ext
         _note(f"group of {len(group)} failed ({error_line(exc)}): running its tasks one by one")
         model.backend.release_cache(graphs=True)  # out of memory, perhaps: the kept graphs' pool too
         return False
-    for task, path in zip(group, paths):
-        clear_failure(out_dir, task, backend)
-        _note(f"finished {task.id} in a group of {len(group)} ({time.perf_counter() - started:.1f} s) -> {path}")
-    write_reports(out_dir, manifest, backend)
+    for pair, path in zip(group, paths):
+        clear_failure(out_dir, pair, backend)
+        _note(f"finished {pair.label} in a group of {len(group)} ({time.perf_counter() - started:.1f} s) -> {path}")
+    write_reports(out_dir, manifest, plan)
     bar.update(len(group))
     model.backend.release_cache()
     return True
 
 
 def run_batch(manifest: Manifest, tasks: list[Task], load_model, backend: str, out_dir: Path,
-              options: BatchOptions, progress: bool = True, debug: bool = False, extra: dict | None = None) -> int:
-    """Run the pending ``tasks``; ``load_model()`` is called once, only if something is left to run (once per
-    model and LoRA set where the manifest names them: ``load_model(model, loras)``).
+              options: BatchOptions, progress: bool = True, debug: bool = False, extra: dict | None = None,
+              plan: Plan | None = None) -> int:
+    """Run the pending pairs of ``tasks`` and the ``plan``'s approaches (default: SuppressEOT alone), task-major;
+    ``load_model()`` is called once, only if something is left to run (once per model and LoRA set where the
+    manifest names them: ``load_model(model, loras)``), and the one model runs every approach.
 
-    Returns 0 when every selected task is finished, 1 when some failed (listed in failures.csv).
+    Returns 0 when every selected pair is finished, 1 when some failed (listed in failures.csv).
     """
-    pending = start_batch(manifest, tasks, backend, out_dir)
+    plan = replace(plan or Plan(), backend=backend)
+    pairs = plan.pairs(tasks)
+    pending = start_batch(manifest, pairs, plan, out_dir)
     failed = 0
-    by_model: dict[tuple, list[Task]] = {}  # tasks of one model and LoRA set: the model loads once
-    for task in pending:
-        by_model.setdefault(manifest.model_of(task), []).append(task)
+    by_model: dict[tuple, list[Pair]] = {}  # pairs of one model and LoRA set: the model loads once
+    for pair in pending:
+        by_model.setdefault(manifest.model_of(pair.task), []).append(pair)
     if pending:
-        extra = batch_extra(manifest, backend, options, extra)
-        bar = progress_bar(manifest, tasks, pending, backend, progress)
+        extra = batch_extra(manifest, backend, options, extra, plan)
+        bar = progress_bar(manifest, pairs, pending, backend, progress)
         try:
-            for spec, model_tasks in by_model.items():
+            for spec, model_pairs in by_model.items():
                 model = None  # the previous model is freed before the next loads
                 model = load_model() if spec == (None, None) else load_model(*spec)  # (model, loras): a task's own
                 info = model.backend.info()
                 device = str(getattr(model.backend, "device", None) or info.get("device", ""))
-                for group in make_groups(model_tasks, options):
-                    if len(group) > 1 and _run_together(model, group, manifest, options, out_dir, backend, device,
+                for group in make_groups(model_pairs, options):
+                    if len(group) > 1 and _run_together(model, group, manifest, plan, options, out_dir, device,
                                                         extra, bar):
                         continue
-                    for task in group:
-                        if is_finished(out_dir, run_name(task.id, backend)):  # saved before its group failed
+                    for pair in group:
+                        if is_finished(out_dir, pair.name(backend)):  # saved before its group failed
                             bar.update(1)
                             continue
-                        failed += _run_one(model, task, manifest, options, out_dir, backend, device, extra, debug, bar)
-                        write_reports(out_dir, manifest, backend)
+                        failed += _run_one(model, pair, manifest, options, out_dir, backend, device, extra, debug, bar)
+                        write_reports(out_dir, manifest, plan)
                         bar.update(1)
                         model.backend.release_cache()
         finally:
             bar.close()
-    return finish_batch(tasks, backend, out_dir, failed)
+    return finish_batch(pairs, backend, out_dir, failed)
 
 
-def start_batch(manifest: Manifest, tasks: list[Task], backend: str, out_dir: Path) -> list[Task]:
-    """Clean a killed run's leftovers, rewrite the reports; returns the tasks still to run."""
+def start_batch(manifest: Manifest, pairs: list[Pair], plan: Plan, out_dir: Path) -> list[Pair]:
+    """Clean a killed run's leftovers, rewrite the reports; returns the pairs still to run."""
     for path in clean_stale(out_dir):
         _note(f"removed {path.name} (left by a killed run)")
-    done = [t for t in tasks if is_finished(out_dir, run_name(t.id, backend))]
-    pending = [t for t in tasks if t not in done]
-    for task in done:  # finished since a failure was recorded, e.g. by another shard
-        clear_failure(out_dir, task, backend)
+    done = [p for p in pairs if is_finished(out_dir, p.name(plan.backend))]
+    finished = {p.key for p in done}
+    pending = [p for p in pairs if p.key not in finished]
+    for pair in done:  # finished since a failure was recorded, e.g. by another shard
+        clear_failure(out_dir, pair, plan.backend)
     if done:
-        _note(f"{len(done)} of {len(tasks)} tasks already finished in {out_dir}: skipping them")
-    write_reports(out_dir, manifest, backend)
+        _note(f"{len(done)} of {len(pairs)} runs already finished in {out_dir}: skipping them")
+    write_reports(out_dir, manifest, plan)
     return pending
 
 
-def batch_extra(manifest: Manifest, backend: str, options: BatchOptions, extra: dict | None) -> dict:
+def batch_extra(manifest: Manifest, backend: str, options: BatchOptions, extra: dict | None,
+                plan: Plan | None = None) -> dict:
     """What every run.json of the batch records about it."""
     return {**(extra or {}), "batch": {"manifest": str(manifest.path), "backend": backend,
-                                       "options": asdict(options)}}
+                                       "approaches": (plan or Plan()).approaches, "options": asdict(options)}}
 
 
-def progress_bar(manifest: Manifest, tasks: list[Task], pending: list[Task], backend: str, progress: bool):
-    return tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=f"{manifest.name} [{backend}]",
-                unit="task", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+def progress_bar(manifest: Manifest, pairs: list[Pair], pending: list[Pair], backend: str, progress: bool):
+    return tqdm(total=len(pairs), initial=len(pairs) - len(pending), desc=f"{manifest.name} [{backend}]",
+                unit="run", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
 
-def finish_batch(tasks: list[Task], backend: str, out_dir: Path, failed: int) -> int:
-    """The closing line; 0 when every selected task is finished, else 1."""
-    finished = sum(is_finished(out_dir, run_name(t.id, backend)) for t in tasks)
-    _note(f"{finished} of {len(tasks)} tasks finished, {failed} failed in this run"
+def finish_batch(pairs: list[Pair], backend: str, out_dir: Path, failed: int) -> int:
+    """The closing line; 0 when every selected pair is finished, else 1."""
+    finished = sum(is_finished(out_dir, p.name(backend)) for p in pairs)
+    _note(f"{finished} of {len(pairs)} runs finished, {failed} failed in this run"
           + (f" (see {out_dir / 'failures.csv'})" if failed else "") + f"; summary: {out_dir / 'summary.csv'}")
-    return 1 if finished < len(tasks) else 0
+    return 1 if finished < len(pairs) else 0

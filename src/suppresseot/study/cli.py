@@ -41,13 +41,17 @@ def add_parser(subparsers) -> None:
                            "suppresseot)")
     prep.add_argument("--coco-images", type=Path, default=None, metavar="DIR",
                       help="the unzipped COCO val2017/ folder (needed for coco-car-real)")
+    prep.add_argument("--approaches", default=None, metavar="LIST",
+                      help="record in the manifest the approaches `batch` runs each task by: a comma list of "
+                           "names (`suppress-eot approaches`) or all (default: not recorded, SuppressEOT alone)")
     prep.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
     batch = subparsers.add_parser(
-        "batch", help="run every task of a manifest, one run directory each (resumable)",
-        description="Run a manifest's tasks into OUT/<task id>--<backend>/. Rerunning skips finished tasks; a "
-                    "failing task is recorded in OUT/failures.csv and the batch goes on; OUT/summary.csv is "
-                    "rewritten after every task.")
+        "batch", help="run every task of a manifest by each approach, one run directory a pair (resumable)",
+        description="Run a manifest's tasks, each by every approach of the batch, into "
+                    "OUT/<task id>--<approach>--<backend>/. Rerunning skips finished runs; a failing run is "
+                    "recorded in OUT/failures.csv and the batch goes on; OUT/summary.csv is rewritten after "
+                    "every run.")
     batch.set_defaults(command="batch")
     batch.add_argument("manifest", help="a manifest written by `suppress-eot prepare`")
     batch.add_argument("--out", required=True, help="folder for the run directories, summary.csv, failures.csv")
@@ -74,7 +78,12 @@ def add_parser(subparsers) -> None:
                         "tasks' activations; with --fast on an H200, 8 gave 18x the official code's images per "
                         "hour, 16 to 64 about 22x; default: "
                         "%(default)s, one at a time)")
-    w = batch.add_argument_group("which tasks")
+    w = batch.add_argument_group("which tasks, by which approaches")
+    w.add_argument("--approaches", default=None, metavar="LIST",
+                   help="run each task by each of these approaches, a comma list of names (`suppress-eot "
+                        "approaches`), or all: every approach that can run it here (default: the manifest's "
+                        "\"approaches\", else suppresseot). A pair an approach cannot run (a photo for a baseline "
+                        "of generated images, an add task for a baseline) is left out and said so in one line")
     w.add_argument("--only", nargs="+", metavar="ID", help="run only these task ids")
     w.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="run every N-th task starting at the I-th (1/2 and 2/2 split a manifest in two)")
@@ -106,6 +115,7 @@ def cmd_prepare(args) -> int:
     unknown = [s for s in args.sets if s not in mf.SETS]
     if unknown:
         raise SuppressEOTError(f"unknown set {', '.join(unknown)}: choose from {', '.join(mf.SETS)} (or --all)")
+    approaches = None if args.approaches is None else mf.approach_list(args.approaches)  # before any work
     sources = mf.Sources(coco_captions=args.coco_captions, coco_images=args.coco_images)
     tokenizer = shipped_tokenizer()
     names = list(mf.STUDY_SETS) if args.all else list(dict.fromkeys(args.sets))
@@ -123,7 +133,7 @@ def cmd_prepare(args) -> int:
     else:
         outputs = [(out / f"{r.name}.json", r.name, [r]) for r in results]
     for path, name, group in outputs:
-        mf.write_manifest(path, name, group, unavailable, tokenizer)
+        mf.write_manifest(path, name, group, unavailable, tokenizer, approaches)
     for result in results:
         _say(f"{result.name:<14} {len(result.tasks):>3} tasks"
              + (f", {len(result.skipped)} skipped" if result.skipped else ""))
@@ -141,7 +151,42 @@ def cmd_prepare(args) -> int:
                  + (f" ({', '.join(e['set'] for e in unavailable)} not preparable here)" if unavailable else ""))
         else:
             _say(f"wrote {path}: {total} tasks")
+    if approaches is not None:
+        _say(f"approaches recorded for batch: {', '.join(approaches)}")
     return 0
+
+
+def _families(args, manifest: mf.Manifest, tasks: list[mf.Task]) -> dict[str, str]:
+    """Each task's model family (by task id), read from its model folder's configs: the folder resolved as
+    loading it would (downloaded or converted once, and cached), the weights not loaded."""
+    from ..cli import loras_of
+    from ..families import detect_family
+    from ..weights import LoRA, resolve_model
+
+    by_spec: dict[tuple, str] = {}
+    families = {}
+    for task in tasks:
+        spec = manifest.model_of(task)
+        if spec not in by_spec:
+            model, loras = spec
+            folder = resolve_model(model or args.model, [LoRA.of(item) for item in (
+                loras_of(args) if loras is None else loras)], args.variant, args.model_config)
+            by_spec[spec] = detect_family(folder).name
+        families[task.id] = by_spec[spec]
+    return families
+
+
+def batch_plan(args, manifest: mf.Manifest, tasks: list[mf.Task]):
+    """The (task, approach) pairs' plan: ``--approaches``, else the manifest's, checked against the backend,
+    the tasks and (where an approach lacks a family's pipeline) the models' families, before any work."""
+    from .pairs import Plan
+
+    plan = Plan.choose(args.approaches if args.approaches is not None else manifest.approaches, args.backend)
+    plan.check(tasks)  # the backend, kinds and modes: no model needed
+    if plan.needs_families:
+        plan.families = _families(args, manifest, tasks)
+        plan.check(tasks)
+    return plan
 
 
 def cmd_batch(args) -> int:
@@ -154,10 +199,14 @@ def cmd_batch(args) -> int:
     tasks = select_tasks(manifest.tasks, args.only, args.shard, args.limit)
     if not tasks:
         raise SuppressEOTError(f"no task selected from {manifest.path} (check --only/--shard/--limit)")
+    plan = batch_plan(args, manifest, tasks)  # one line and exit 2 where a named approach cannot run here
     missing = [t.id for t in tasks if t.type == "real" and not t.image_path(manifest.base_dir).is_file()]
     if missing:
         print(f"warning: {len(missing)} task(s) have no photo and will fail: {', '.join(missing[:5])}"
               + (" ..." if len(missing) > 5 else ""), file=sys.stderr)
+    left_out = plan.left_out(tasks)
+    if left_out:
+        print(left_out, file=sys.stderr)
     out = check_writable(args.out)
     options = BatchOptions(steps=args.steps, guidance_scale=args.guidance_scale, iterations=args.iterations,
                            max_step_to_erase=args.max_step_to_erase, null_text_steps=args.null_text_steps,
@@ -187,7 +236,8 @@ def cmd_batch(args) -> int:
             raise SuppressEOTError("--ray runs one model and LoRA set; this manifest names several: run it without "
                                    "--ray, or select the tasks of one model with --only")
         spec = specs.pop()
-        return run_batch_ray(manifest, tasks, lambda: load_model(*spec), args.backend, out, options, ray, device=args.device,
-                             progress=not args.no_progress, debug=args.debug, extra=command)
+        return run_batch_ray(manifest, tasks, lambda: load_model(*spec), args.backend, out, options, ray,
+                             device=args.device, progress=not args.no_progress, debug=args.debug, extra=command,
+                             plan=plan)
     return run_batch(manifest, tasks, load_model, args.backend, out, options, progress=not args.no_progress,
-                     debug=args.debug, extra=command)
+                     debug=args.debug, extra=command, plan=plan)

@@ -1,7 +1,8 @@
 """Study task manifests: built from the shipped prompt lists (``prepare``), validated before a batch runs.
 
-A manifest is JSON ``{"format", "name", "sets", "tasks", "skipped", "unavailable", "notes"}``. One task is
-one edit and so one run directory: a prompt, one token group to suppress (or strengthen), alpha, tau, and
+A manifest is JSON ``{"format", "name", "sets", "tasks", "skipped", "unavailable", "notes"}``, optionally
+``"approaches"`` (the approaches ``batch`` runs each task by; absent: SuppressEOT alone). One task is one edit
+and so one run directory per approach: a prompt, one token group to suppress (or strengthen), alpha, tau, and
 a seed (generated images) or a photo (real images; a path absolute or relative to the manifest).
 Sources that list several token groups for one prompt become one task per group.
 """
@@ -93,6 +94,7 @@ class Manifest:
     unavailable: list[dict] = field(default_factory=list)
     model: str | None = None  # the batch's model and LoRAs (a task's own win; None: the command line's)
     loras: list | None = None
+    approaches: list[str] | None = None  # names, or ["all"]; None: SuppressEOT alone (batch --approaches wins)
 
     @property
     def base_dir(self) -> Path:
@@ -336,9 +338,22 @@ def build_set(name: str, tokenizer: Tokenizer, sources: Sources) -> SetResult:
     raise SuppressEOTError(f"unknown set {name!r}: choose from {', '.join(SETS)} (or --all)")
 
 
+def approach_list(given) -> list[str]:
+    """``prepare --approaches`` / a manifest's ``"approaches"`` (``a,b``, a list, or ``all``), checked by name:
+    the names, or ["all"], which ``batch`` resolves against its backend and model (every approach that fits)."""
+    from ..approaches import parse_list
+
+    items = given if isinstance(given, list) else [given]
+    if not all(isinstance(item, str) for item in items):
+        raise SuppressEOTError(f'approaches {given!r} must be a list of approach names, e.g. ["suppresseot", "sega"]')
+    names = parse_list(items)
+    return ["all"] if "all" in {part.strip() for item in items for part in item.split(",")} else names
+
+
 def write_manifest(path: Path, name: str, results: list[SetResult], unavailable: list[dict],
-                   tokenizer: Tokenizer) -> dict:
-    """Copy the shipped photos next to the manifest (so the folder can be moved as a whole), validate, write."""
+                   tokenizer: Tokenizer, approaches: list[str] | None = None) -> dict:
+    """Copy the shipped photos next to the manifest (so the folder can be moved as a whole), validate, write.
+    ``approaches``: recorded for ``batch`` (None: not recorded, SuppressEOT alone)."""
     path = Path(path)
     for result in results:
         for shipped, relative in result.copies:
@@ -353,6 +368,7 @@ def write_manifest(path: Path, name: str, results: list[SetResult], unavailable:
         "name": name,
         "created_by": f"suppresseot {__version__} (suppress-eot prepare)",
         "sets": [r.name for r in results],
+        **({} if approaches is None else {"approaches": approach_list(approaches)}),
         "notes": [f"{r.name}: {note}" for r in results for note in r.notes],
         "tasks": [task.to_json() for r in results for task in r.tasks],
         "skipped": [entry for r in results for entry in r.skipped],
@@ -487,6 +503,10 @@ def load_manifest(path: str | os.PathLike, tokenizer: Tokenizer, check_images: b
     problems = model_problems(data.get("model"), data.get("loras"))
     if problems:
         raise SuppressEOTError(f"{path}: {'; '.join(problems)}")
+    try:
+        chosen = None if data.get("approaches") is None else approach_list(data["approaches"])
+    except SuppressEOTError as exc:
+        raise SuppressEOTError(f"{path}: {exc}") from None
     return Manifest(path=path.resolve(), name=str(data.get("name") or path.stem), tasks=tasks,
                     skipped=list(data.get("skipped", [])), unavailable=list(data.get("unavailable", [])),
-                    model=data.get("model"), loras=data.get("loras"))
+                    model=data.get("model"), loras=data.get("loras"), approaches=chosen)
