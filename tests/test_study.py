@@ -394,9 +394,13 @@ def test_batch_runs_every_approach_and_a_killed_batch_loses_and_repeats_nothing(
     assert [(r["task"], r["approach"], r["status"]) for r in summary] == [
         (t, a, "failed" if t == "real-b" else "finished") for t, a in expected]
 
-    # 3. the photo appears: only the failed pairs run, and they leave failures.csv
+    # 3. the photo appears: only the failed pairs run, and they leave failures.csv; the three approaches that edit
+    # this project's inversion share one (ledits++ inverts the photo its own way)
     Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "dog.png")
+    inversions, invert = [], SuppressEOT.invert_many
+    monkeypatch.setattr(SuppressEOT, "invert_many", lambda self, *a, **k: inversions.append(a) or invert(self, *a, **k))
     assert main(argv) == 0
+    assert len(inversions) == 1
     err = capsys.readouterr().err
     assert "10 of 14 runs already finished" in err and "14 of 14 runs finished, 0 failed" in err
     assert run_dirs(out) == names and not [p for p in out.iterdir() if ".tmp-" in p.name]

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -348,18 +349,41 @@ def compute_group(model, pairs: list[Pair | Task], manifest: Manifest, options: 
     prompts, groups = [task.prompt for task in tasks], [task.token_group for task in tasks]
     sampler = MemorySampler(device, interval=options.memory_interval)
     started = time.perf_counter()
+    reused = 0.0
     with sampler:
         if tasks[0].type == "real":
             paths = [task.image_path(manifest.base_dir) for task in tasks]
+            images = paths if photos is None else photos
+            if approaches.get(pairs[0].approach).shares_inversion:
+                images, reused = _inverted(model, tasks, images, inversion, options)
             seed = DEFAULT_SEED if tasks[0].seed is None else tasks[0].seed  # a baseline's own noise
-            results = model.edit_many(paths if photos is None else photos, prompts, groups, inversion=inversion,
-                                      seed=seed, **shared)
+            results = model.edit_many(images, prompts, groups, inversion=inversion, seed=seed, **shared)
             for result, path in zip(results, paths):
                 if result.inversion is not None:  # a Ray worker got an array: the run records the file
                     result.inversion.source = str(path)
         else:
             results = model.generate_many(prompts, groups, [task.seed for task in tasks], **shared)
-    return GroupOutcome(results, round(time.perf_counter() - started, 4), sampler.trace)
+    return GroupOutcome(results, round(time.perf_counter() - started + reused, 4), sampler.trace)
+
+
+# model -> (what was inverted, the Inversions): the last group's photos, for the next approach that edits them
+_LAST_INVERSIONS = weakref.WeakKeyDictionary()
+
+
+def _inverted(model, tasks: list[Task], images: list, inversion, options: BatchOptions) -> tuple[list, float]:
+    """The photos as this project's ``Inversion``s, reused where the previous group inverted the same photos with
+    the same settings: pairs come task-major, so the approaches that edit this project's inversion (SuppressEOT,
+    its ablations, a negative prompt) invert each photo once. Returns them and the seconds a reuse saved, which
+    count into the pair's time: each approach's time stays what it costs alone."""
+    key = ([task.id for task in tasks], repr(inversion), options.steps, options.guidance_scale)
+    last = _LAST_INVERSIONS.get(model)
+    if last is not None and last[0] == key:
+        return last[1], sum(last[1][0].seconds.values())
+    _LAST_INVERSIONS.pop(model, None)  # the previous photos' tensors go before these are made
+    inverted = model.invert_many(images, [task.prompt for task in tasks], inversion, steps=options.steps,
+                                 guidance_scale=options.guidance_scale)
+    _LAST_INVERSIONS[model] = (key, inverted)
+    return inverted, 0.0
 
 
 def save_group(outcome: GroupOutcome, pairs: list[Pair | Task], out_dir: Path, backend: str,
