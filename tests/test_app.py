@@ -284,26 +284,28 @@ def test_cancel_stops_the_run_at_the_next_step(server, client):
     assert (Path(outputs[5]) / "suppressed.png").is_file()
 
 
-def test_study_tab_lists_a_batch_and_shows_backends_side_by_side(server, client, tmp_path):
+def test_study_tab_lists_a_batch_and_shows_approaches_and_backends_side_by_side(server, client, tmp_path):
     app, _ = server
     run = Path(client.predict(*generate_args(steps=1, iterations=0), api_name="/generate")[5])  # a run of its own
     batch = app.out / "study-batch"
     batch.mkdir(exist_ok=True)
     rows = []
-    for backend in ("torch", "jittor"):
-        shutil.copytree(run, batch / f"t1--{backend}", dirs_exist_ok=True)
-        rows.append({"task": "t1", "set": "examples", "type": "generated", "backend": backend, "status": "finished",
-                     "run_dir": f"t1--{backend}"})
+    for backend, approaches in (("torch", ("suppresseot", "sega")), ("jittor", ("suppresseot",))):
+        for approach in approaches:
+            shutil.copytree(run, batch / f"t1--{approach}--{backend}", dirs_exist_ok=True)
+            rows.append({"task": "t1", "set": "examples", "type": "generated", "approach": approach,
+                         "backend": backend, "status": "finished", "run_dir": f"t1--{approach}--{backend}"})
     with open(batch / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     assert "study-batch" in app.study_folders()
     table, sets, backends, plots, scores, task = client.predict("study-batch", api_name="/study")
-    assert [r[3] for r in table["data"]] == ["torch", "jittor"]
+    assert [(r[3], r[4]) for r in table["data"]] == [("suppresseot", "torch"), ("sega", "torch"),
+                                                      ("suppresseot", "jittor")]
     gallery = client.predict("study-batch", "t1", api_name="/study_task")
-    assert [item["caption"] for item in gallery] == ["torch: original", "torch: suppressed", "jittor: original",
-                                                     "jittor: suppressed"]
+    assert [item["caption"] for item in gallery] == ["torch: original", "torch: suppresseot", "torch: sega",
+                                                     "jittor: original", "jittor: suppresseot"]
     with pytest.raises(Exception, match="not a batch folder"):
         client.predict("../..", "t1", api_name="/study_task")
 

@@ -385,11 +385,13 @@ class App:
         all_sets = sorted({r.get("set", "") for r in rows})
         all_backends = sorted({r.get("backend", "") for r in rows})
         shown = [r for r in rows if (not sets or r.get("set") in sets) and (not backends or r.get("backend") in backends)]
-        table = pd.DataFrame([{k: r.get(k) for k in ("task", "set", "type", "backend", "task_seconds",
-                                                    "final_ito_total_loss", "run_dir")} for r in shown])
+        table = pd.DataFrame([{"approach": "suppresseot", **{k: r.get(k) for k in (
+            "task", "set", "type", "approach", "backend", "task_seconds", "final_ito_total_loss", "run_dir")
+            if r.get(k) is not None}} for r in shown], columns=["task", "set", "type", "approach", "backend",
+                                                                  "task_seconds", "final_ito_total_loss", "run_dir"])
         plots = [(str(p), p.parent.name + "/" + p.name) for p in sorted(folder.glob("**/*.png"))
                  if p.name in ("ito_loss.png", "seconds_per_iteration.png", "memory_per_stage.png",
-                               "memory_trace.png")]
+                               "memory_trace.png") or p.name.startswith("grid-")]  # grids: the reports' images
         scores = None
         for path in sorted(folder.glob("**/clipscores.csv"))[:1]:
             scores = pd.read_csv(path)
@@ -398,17 +400,21 @@ class App:
                 value=backends or []), plots, scores, gr.update(choices=tasks, value=tasks[0] if tasks else None))
 
     def study_task(self, name: str, task: str):
-        """The task's original and suppressed image on every backend it ran on (torch vs Jittor side by side)."""
+        """The task on every backend it ran on (torch vs Jittor side by side): its original once per backend (the
+        approaches share it: the same noise or photo), then each approach's edited image, labelled."""
         folder, rows = self._finished_runs(name)
         rows = [r for r in rows if r.get("task") == task]
-        gallery = []
+        gallery, shown = [], set()
         for row in rows:
             run_dir = (folder / row["run_dir"]).resolve()
             if not run_dir.is_relative_to(folder):
                 continue
-            for image in ("original", "suppressed"):
-                if (run_dir / f"{image}.png").is_file():
-                    gallery.append((str(run_dir / f"{image}.png"), f"{row['backend']}: {image}"))
+            backend = row["backend"]
+            if backend not in shown and (run_dir / "original.png").is_file():
+                gallery.append((str(run_dir / "original.png"), f"{backend}: original"))
+                shown.add(backend)
+            if (run_dir / "suppressed.png").is_file():
+                gallery.append((str(run_dir / "suppressed.png"), f"{backend}: {row.get('approach') or 'suppresseot'}"))
         return gallery
 
     # --- the page -----------------------------------------------------------------------------
