@@ -34,14 +34,19 @@ def test_every_module_imports():
     assert not failed, failed
 
 
-def commands() -> list[str]:
+def subcommands() -> dict:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return sorted(sub.choices)
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def commands() -> list[str]:
+    return sorted(subcommands())
 
 
 def test_every_command_is_listed():
-    assert set(commands()) == {"generate", "edit", "tokens", *EXTRA_COMMANDS}
+    assert set(commands()) == {"generate", "edit", "tokens", "approaches", "baselines", *EXTRA_COMMANDS}
+    choices = subcommands()
+    assert choices["baselines"] is choices["approaches"]  # an alias
 
 
 @pytest.mark.parametrize("command", [None, *commands()])
@@ -51,7 +56,8 @@ def test_console_script_help(command):
     argv = [script] + ([command] if command else []) + ["--help"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: suppress-eot" + (f" {command}" if command else "")), done.stdout[:200]
+    usage = subcommands()[command].prog if command else "suppress-eot"  # an alias answers with its command's name
+    assert done.stdout.startswith(f"usage: {usage}"), done.stdout[:200]
     assert "Traceback" not in done.stderr
     if command is None:
         for name in commands():
