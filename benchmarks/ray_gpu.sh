@@ -16,7 +16,7 @@
 # Each command of the lent machines may run 10 minutes: split the configs over calls on the same warm machine
 # and WORKDIR (CONFIGS="local ray1", then CONFIGS="rayN ray2N" CLIP=random); WORKDIR/ray.md covers every config
 # found in WORKDIR (its header and notes: the last call's), and the scaling divides by the ray1 found there (run
-# it on the same machine).
+# it on the same machine, with the same SETS, REPEAT, GROUP and FLAGS in every call: each call rewrites the manifest).
 #
 # Ray is not on the GPU image: carry its wheel and the four packages it needs that the image lacks, in .whl/
 # (git-ignored), with diffusers as for gpu_bench.sh. On a machine with pip and a registry:
