@@ -126,9 +126,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    """Two folders (or one and --labels naming its backends): the two sides; one folder: its approaches."""
+    common = dict(thumb=args.thumb, max_grid_tasks=args.max_grid_tasks or None, title=args.title, note=args.note)
+    if args.runs_b is None:
+        if args.labels:
+            raise SuppressEOTError("--labels names the two sides of a comparison: give RUNS_B too, or leave "
+                                   "--labels out to compare the approaches of RUNS")
+        from .methods import build_methods_report
 
-    path = build_report(args.runs_a, args.runs_b, args.out, labels=args.labels, thumb=args.thumb,
-                        max_grid_tasks=args.max_grid_tasks or None, title=args.title, note=args.note)
+        path = build_methods_report(args.runs_a, args.out, **common)
+    else:
+        from .report import build_report
+
+        path = build_report(args.runs_a, args.runs_b, args.out, labels=args.labels, **common)
     print(path)
     return 0

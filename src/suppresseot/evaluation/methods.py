@@ -17,7 +17,7 @@ import numpy as np
 from ..approaches import APPROACHES
 from ..errors import SuppressEOTError
 from . import Run, find_runs, markdown_table, read_csv, to_float
-from .report import Side, _by_group, _count, _describe, clear_out, grid_pages, tile_grid
+from .report import Side, _by_group, _count, _describe, clear_out, grid_lines, grid_pages, tile_grid
 
 CONFIDENCE = 0.95
 BETTER = {"higher": "↑", "lower": "↓", "near 0": "→0"}
@@ -326,10 +326,4 @@ def _grid_section(runs: list[Run], out: Path, thumb: int, max_grid_tasks: int | 
           "The approaches of a task start from the same initial noise (generated images) or the same photo, so "
           "one original serves them all: the first approach's. For a photo each approach's original is its own "
           "reconstruction of the photo and may differ a little from the one shown.", ""]
-    current = None
-    for group, path in method_grids(runs, out, thumb, max_grid_tasks, with_backend):
-        if group != current:
-            md += [f"### {group}", ""]
-            current = group
-        md += [f"![{group}]({path.name})", ""]
-    return md
+    return md + grid_lines(method_grids(runs, out, thumb, max_grid_tasks, with_backend))

@@ -3,7 +3,8 @@
 The earlier study's comparison figures were made by hand; this writes them all from the run
 directories: ITO loss curves, seconds per iteration, memory, time and CLIPScore per dataset, image
 grids, and the parity numbers of tasks both sides ran. Plots use matplotlib's Agg backend (no display).
-With one folder the report compares its approaches instead (``methods``); the grids are drawn here for both.
+With one folder the report compares its approaches instead (``methods``, which draws its grids with this
+module's ``tile_grid``).
 """
 from __future__ import annotations
 
@@ -430,19 +431,11 @@ def clear_out(out: str | Path) -> Path:
     return out
 
 
-def build_report(folder_a: str | Path, folder_b: str | Path | None, out: str | Path, labels: list[str] | None = None,
+def build_report(folder_a: str | Path, folder_b: str | Path, out: str | Path, labels: list[str] | None = None,
                  thumb: int = 128, max_grid_tasks: int | None = 24, title: str | None = None,
                  note: str | None = None) -> Path:
-    """Write ``out/report.md`` and its PNGs; returns the report's path. Two folders (or one folder and --labels
-    naming its backends): the two sides compared. One folder: its approaches compared (``methods``)."""
-    if folder_b is None:
-        if labels:
-            raise SuppressEOTError("--labels names the two sides of a comparison: give RUNS_B too, or leave "
-                                   "--labels out to compare the approaches of RUNS")
-        from .methods import build_methods_report
-
-        return build_methods_report(folder_a, out, thumb=thumb, max_grid_tasks=max_grid_tasks, title=title,
-                                    note=note)
+    """Write ``out/report.md`` and its PNGs comparing two folders (or one folder and --labels naming its
+    backends); returns the report's path. One folder's approaches: ``methods.build_methods_report``."""
     labels = list(labels or ["A", "B"])
     if len(labels) != 2 or labels[0] == labels[1]:
         raise SuppressEOTError("--labels takes two different names, e.g. --labels torch jittor")
@@ -566,10 +559,15 @@ def _grid_section(pairs, labels, out: Path, thumb: int, max_grid_tasks: int | No
     md += ["Original-branch and suppressed images of each task on both sides"
            + (f" (at most {max_grid_tasks} tasks per dataset)" if max_grid_tasks else "") + "."
            + (f" Runs without a match, not shown: {', '.join(unmatched)}." if unmatched else ""), ""]
-    current = None
-    for dataset, path in write_grids(pairs, labels, out, thumb, max_grid_tasks):
-        if dataset != current:
-            md += [f"### {dataset}", ""]
-            current = dataset
-        md += [f"![{dataset}]({path.name})", ""]
+    return md + grid_lines(write_grids(pairs, labels, out, thumb, max_grid_tasks))
+
+
+def grid_lines(written: list[tuple[str, Path]]) -> list[str]:
+    """Markdown for grid PNGs written per group: a heading where the group changes, then each image."""
+    md, current = [], None
+    for group, path in written:
+        if group != current:
+            md += [f"### {group}", ""]
+            current = group
+        md += [f"![{group}]({path.name})", ""]
     return md
