@@ -43,6 +43,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ ("bench", "probes/probe_conv") as a module: they are run as scripts, not installed."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"suppresseot_{name.replace('/', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def reference_fixture_dir() -> Path | None:
     """The official code's outputs on a tiny model (../shared/fixtures/reference-tiny), if present."""
     env = os.environ.get("SUPPRESSEOT_REFERENCE_FIXTURE")

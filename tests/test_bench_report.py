@@ -1,25 +1,18 @@
 """benchmarks/bench.py's summary: ratios against the official code, Jittor's memory from its probe runs."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+from conftest import load_benchmark  # noqa: E402
+
 GIB = 2**30
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("suppresseot_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench")
 
 
 def _run(total, peak=None, reserved=None, probe=None):
@@ -73,9 +66,7 @@ def test_conv_probe_reference_is_a_float64_same_convolution():
     convolution."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("suppresseot_probe_conv", BENCH.parent / "probes" / "probe_conv.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("probes/probe_conv")
     rng = np.random.default_rng(0)
     for k in (3, 1):
         x = rng.standard_normal((6, 9, 7)).astype(np.float32)

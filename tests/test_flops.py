@@ -1,25 +1,18 @@
 """benchmarks/flops.py: the FLOPs of SuppressEOT's steps and runs, counted without computing, and what a bench
 run achieved."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-FLOPS = Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py"
+from conftest import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def flops():
-    spec = importlib.util.spec_from_file_location("suppresseot_flops", FLOPS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flops")
 
 
 def test_fake_counts_are_the_computed_counts_and_the_unet_formula(flops, tiny_model_dir):
