@@ -230,6 +230,8 @@ def test_the_api_refuses_an_approach_that_cannot_run(sdxl):
 @pytest.mark.parametrize("argv, message", [
     (["--approach", "sega", "--model", "{sdxl}"], "sega has no pipeline for sdxl models"),
     (["--approach", "sega", "--alpha", "2"], "--alpha: SuppressEOT's options, which sega does not take"),
+    (["--approach", "sld", "--ito-blocks", "down", "--lambda-erase", "-1"],
+     "--lambda-erase --ito-blocks: SuppressEOT's options, which sld does not take"),
     (["--approach", "negative-prompt", "--backend", "jittor"], "negative-prompt runs on the torch backend"),
     (["--approach", "sld", "--approach-option", "scale=0"], "sld has no setting scale"),
     (["--approach-option", "scale=0"], "suppresseot has no setting scale; its settings: none: it takes SuppressEOT's"),

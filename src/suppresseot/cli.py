@@ -161,10 +161,10 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
                    help="token index groups, e.g. 4,5 7 (index 0 is the start token; see `suppress-eot tokens`)")
     g.add_argument("--suppress-words", nargs="+", default=[], metavar="WORD",
                    help='words or phrases of the prompt, each one group, e.g. "a beard" glasses')
-    g.add_argument("--alpha", nargs="+", type=_finite, default=[1.0],
-                   help="SWR strength(s): s *= exp(-alpha*s); -0.001 strengthens (add/replace) (default: 1.0)")
-    g.add_argument("--tau", nargs="+", type=_finite, default=[0.8],
-                   help="start SWR and ITO at step (1-tau)*steps, tau in [0, 1] (default: 0.8)")
+    own = [g.add_argument("--alpha", nargs="+", type=_finite, default=[1.0],
+                          help="SWR strength(s): s *= exp(-alpha*s); -0.001 strengthens (add/replace) (default: 1.0)"),
+           g.add_argument("--tau", nargs="+", type=_finite, default=[0.8],
+                          help="start SWR and ITO at step (1-tau)*steps, tau in [0, 1] (default: 0.8)")]
     m = p.add_argument_group("method (defaults are the official ones)")
     m.add_argument("--method", default="soft-weight", choices=["soft-weight", "alpha", "beta", "delete", "weight"],
                    help="SWR variant (default: %(default)s)")
@@ -192,6 +192,9 @@ def _add_method_options(p: argparse.ArgumentParser, real: bool) -> None:
                    help="UNet blocks whose attention maps the ITO losses read, a comma list of down, mid, up "
                         "(default: all, as the official code; SDXL without up: ITO's passes end after the mid "
                         "block, faster, but a change of method: docs/families.md)")
+    # SuppressEOT's own options and their defaults (argparse keeps a group's actions in _group_actions): a
+    # baseline given one of them is told to use --approach-option instead
+    p.set_defaults(suppresseot_defaults={action.dest: action.default for action in own + m._group_actions})
     s = p.add_argument_group("sampling")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     s.add_argument("--guidance-scale", type=_finite, default=7.5, help="classifier-free guidance (default: "
@@ -297,12 +300,6 @@ def _settings(args):
     return runs, SamplingSettings(args.steps, args.guidance_scale).validate()
 
 
-# SuppressEOT's own options with their defaults: a baseline takes --approach-option instead
-SUPPRESSEOT_OPTIONS = {"alpha": [1.0], "tau": [0.8], "method": "soft-weight", "iterations": 10, "max_step_to_erase": 20,
-                       "lambda_retain": 1.0, "lambda_erase": -0.5, "lambda_self_retain": 1.0, "lambda_self_erase": -0.5,
-                       "step_scale": None, "all_heads": False, "pooled": "keep", "ito_blocks": ("up", "down", "mid")}
-
-
 def _approach(args):
     """The --approach, checked against the kind of image, the backend and its options (the model's family is
     checked once the model folder is known)."""
@@ -311,7 +308,7 @@ def _approach(args):
     approach = get(args.approach).check(kind="real" if args.command == "edit" else "generated", backend=args.backend)
     approach.options(dict(args.approach_option))
     if not approach.is_suppresseot:
-        given = [f"--{k.replace('_', '-')}" for k, default in SUPPRESSEOT_OPTIONS.items()
+        given = [f"--{k.replace('_', '-')}" for k, default in args.suppresseot_defaults.items()
                  if getattr(args, k) != default]
         if given:
             raise SuppressEOTError(f"{' '.join(given)}: SuppressEOT's options, which {approach.name} does not take; "
