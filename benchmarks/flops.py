@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder  # noqa: E402
+from suppresseot.config import SuppressionSettings  # noqa: E402
 
 # dense tensor-core peaks (TFLOP/s) of the SXM cards this project is measured on: bf16/fp16, and TF32 for fp32
 PEAKS = {"H100": {"bf16": 989.0, "fp32": 494.0}, "H200": {"bf16": 989.0, "fp32": 494.0}}
@@ -174,8 +175,7 @@ def count_steps(backend, fake: bool = True, places=ALL_PLACES) -> StepFlops:
         denoising_step_one_pass=counted["denoising_step_one_pass"])
 
 
-def run_flops(f: StepFlops, steps: int = 50, first: int = 10, ito_steps: int = 10, iterations: int = 10,
-              inner: int = 10) -> dict:
+def run_flops(f: StepFlops, steps: int = 50, ito_steps: int = 10, iterations: int = 10, inner: int = 10) -> dict:
     """FLOPs of diffusers' plain generation of one image and of bench.py's four modes (both images, faithful's
     batches), by counts."""
     denoise = f.denoising_step_two_passes
@@ -246,8 +246,8 @@ def main(argv=None) -> dict:
                            fused_attention=True)
     places = tuple(p.strip() for p in args.ito_blocks.split(","))
     f = count_steps(backend, fake=not args.compute, places=places)
-    first = round(0.2 * args.steps)
-    runs = run_flops(f, args.steps, first, max(0, min(20, args.steps) - first))
+    defaults = SuppressionSettings()  # the official tau and ITO steps, as a run computes them
+    runs = run_flops(f, args.steps, len(defaults.ito_steps(args.steps)), defaults.iterations)
     base = runs["diffusers"]
     lines = [f"{args.model_dir} ({backend.family.name}, {backend.latent_size}x{backend.latent_size} latents), "
              f"{args.steps} steps, ITO reads the {','.join(places)} blocks", "", "| step | GFLOP |", "| --- | --- |"]

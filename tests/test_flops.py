@@ -46,7 +46,7 @@ def test_run_counts_and_achieved_throughput(flops, tiny_model_dir, tmp_path):
     f = flops.StepFlops(text_encoding=1, vae_encode=10, vae_decode=100, conditional_pass=1000, reference_maps=500,
                         ito_iteration=2000, null_text_iteration=3000, guided_step=4000, denoising_step_two_passes=8100,
                         denoising_step_one_pass=8200)
-    runs = flops.run_flops(f, steps=50, first=10, ito_steps=10, iterations=10, inner=10)
+    runs = flops.run_flops(f, steps=50, ito_steps=10, iterations=10, inner=10)
     assert runs["diffusers"] == 2 + 50 * 4000 + 100
     assert runs["gen0"] == 2 + 50 * 8100 + 200
     assert runs["gen10"] - runs["gen0"] == 10 * (500 + 10 * 2000)
