@@ -711,6 +711,8 @@ def main(argv=None) -> dict:
             report["setup_s"][impl] = {"load": time.perf_counter() - start}
             if impl == "official":
                 report["reference_stubbed_modules"] = runner.stubbed
+            if hasattr(runner, "model"):  # what the backend runs with (batches, attention, graphs): flops.py reads it
+                report.setdefault("backends", {})[impl] = runner.model.backend.info()
             if args.memory_probe:
                 runner.model.backend.jt.flags.profile_memory_enable = 1
         except BackendUnavailable as exc:

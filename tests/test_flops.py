@@ -52,8 +52,12 @@ def test_run_counts_and_achieved_throughput(flops, tiny_model_dir, tmp_path):
     assert runs["gen10"] - runs["gen0"] == 10 * (500 + 10 * 2000)
     assert runs["real_npi"] - runs["gen10"] == 2 + 10 + 100 + 50 * 1000 - 1
     assert runs["real_nt"] - runs["real_npi"] == 50 * (1000 + 10 * 3000 + 4000)
+    once = flops.run_flops(f, steps=50, first=10, ito_steps=10, iterations=10, inner=10, repeated_once=True)
+    assert once["diffusers"] == runs["diffusers"] and runs["gen0"] - once["gen0"] == 10 * 4050
+    assert runs["real_nt"] - once["real_nt"] == 10 * 4050 + 50 * (4000 - 1000)
 
     bench = {"device": "NVIDIA H100 80GB HBM3", "git_commit": "abc", "settings": {"approach_impl": "fast"},
+             "backends": {"fast": {"repeated_samples_once": True}, "faithful": {"repeated_samples_once": False}},
              "results": {"diffusers": {"gen0": {"total_s": 2.0}, "gen10": {"total_s": 1.5}},
                          "official": {"gen10": {"total_s": 30.0}}, "faithful": {"gen0": {"total_s": 4.0}},
                          "fast": {"gen10": {"total_s": 3.0}, "real_nt": {"error": "x"}}},
@@ -63,8 +67,11 @@ def test_run_counts_and_achieved_throughput(flops, tiny_model_dir, tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     report = flops.main(["--model-dir", str(tiny_model_dir), "--steps", "4", "--bench", str(tmp_path / "bench.json"),
                          "--out", str(tmp_path / "out")])
-    row = next(r for r in report["measured"] if r["impl"] == "fast")
-    assert row["tflops"] == pytest.approx(report["run_flops"]["gen10"] / 3.0 / 1e12)
+    row = next(r for r in report["measured"] if r["impl"] == "fast")  # its bench says it computes less
+    assert row["flops"] == report["run_flops_repeated_once"]["gen10"] < report["run_flops"]["gen10"]
+    assert row["tflops"] == pytest.approx(row["flops"] / 3.0 / 1e12)
+    faithful = next(r for r in report["measured"] if r["impl"] == "faithful")
+    assert faithful["flops"] == report["run_flops"]["gen0"]
     peaks = {r["impl"]: r["peak"] for r in report["measured"]}
     assert peaks == {"diffusers": 989.0, "fast": 989.0, "fast (suppresseot)": 989.0, "faithful": None}
     text = (tmp_path / "out" / "flops.md").read_text()
