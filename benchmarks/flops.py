@@ -14,6 +14,7 @@ The step definitions are shared with benchmarks/probes/profile_steps.py, which t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -32,6 +33,8 @@ PEAKS = {"H100": {"bf16": 989.0, "fp32": 494.0}, "H200": {"bf16": 989.0, "fp32":
 # what each bench.py implementation computes in; faithful and Jittor mix TF32 convolutions with full-fp32 matmuls
 # (the official arithmetic), which have no single peak: no share is given for them
 IMPL_PRECISION = {"fast": "bf16", "compiled": "bf16", "diffusers": "bf16"}
+# the prompt every counted step is conditioned on: start token, 8 words, end token and padding (77 ids)
+PROMPT_IDS = [49406] + [320] * 8 + [49407] * 68
 # bench.py's approach entries that are one of its modes ("generated" / "real" kind)
 APPROACH_MODES = {("suppresseot", "generated"): "gen10", ("suppresseot", "real"): "real_nt",
                   ("swr-only", "generated"): "gen0"}
@@ -51,8 +54,7 @@ def make_steps(backend, places=ALL_PLACES) -> dict:
     side = backend.latent_size
     latent = torch.randn(1, 4, side, side, device=backend.device)
     target = torch.randn(1, 4, side, side, device=backend.device)
-    ids = [49406] + [320] * 8 + [49407] * 68
-    text = backend.encode_text([ids] * len(backend.text_encoders))
+    text = backend.encode_text([PROMPT_IDS] * len(backend.text_encoders))
     resolution = backend.family.maps_resolution
 
     def null_text(e, latent, target, t):
@@ -116,12 +118,9 @@ def flops_of(fn, inputs, fake: bool = False) -> int:
                 Counting.total += formula(*args, **kwargs, out_val=out)
             return out
 
-    if not fake:
-        with Counting():
-            fn(*inputs)
-        return Counting.total
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+    with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext() as mode:
+        if fake:
+            inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
         with Counting():
             fn(*inputs)
     return Counting.total
@@ -148,7 +147,6 @@ def count_steps(backend, fake: bool = True, places=ALL_PLACES) -> StepFlops:
     text, latent = steps["ito_iteration"][1][:2]
     resolution = backend.family.maps_resolution
     image = torch.zeros(1, 3, backend.image_size, backend.image_size, dtype=backend.vae_dtype)
-    ids = [49406] + [320] * 8 + [49407] * 68
 
     def conditional(latent, text):
         with torch.no_grad():
@@ -163,7 +161,7 @@ def count_steps(backend, fake: bool = True, places=ALL_PLACES) -> StepFlops:
             return getattr(backend.vae, method)(x)
 
     return StepFlops(
-        text_encoding=flops_of(lambda: backend.encode_text([ids] * len(backend.text_encoders)), (), False),
+        text_encoding=flops_of(lambda: backend.encode_text([PROMPT_IDS] * len(backend.text_encoders)), (), False),
         vae_encode=flops_of(vae, ("encode", image), fake),
         vae_decode=flops_of(vae, ("decode", latent.to(backend.vae_dtype)), fake),
         conditional_pass=flops_of(conditional, (latent, text), fake),
@@ -221,12 +219,13 @@ def measured(bench: dict) -> list[tuple[str, str, float]]:
     return rows
 
 
+def card_peak(device: str, precision: str | None) -> float | None:
+    """The dense peak TFLOP/s of the card named ``device`` in ``precision`` ("bf16", "fp32"), if known."""
+    return next((peaks[precision] for card, peaks in PEAKS.items() if card in device and precision), None)
+
+
 def peak_of(device: str, impl: str) -> float | None:
-    precision = next((p for key, p in IMPL_PRECISION.items() if impl.startswith(key)), None)
-    for card, peaks in PEAKS.items():
-        if card in device and precision:
-            return peaks[precision]
-    return None
+    return card_peak(device, next((p for key, p in IMPL_PRECISION.items() if impl.startswith(key)), None))
 
 
 def main(argv=None) -> dict:

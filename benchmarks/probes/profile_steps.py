@@ -37,7 +37,7 @@ from suppresseot.random_model import save_random_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from flops import PEAKS, flops_of, make_steps  # noqa: E402
+from flops import card_peak, flops_of, make_steps  # noqa: E402
 from profile_unet import timed  # noqa: E402
 
 KINDS = [  # first match wins; kernel names of cuDNN, cuBLAS/CUTLASS, PyTorch and inductor (triton_*)
@@ -93,14 +93,6 @@ def kernel_table(fn, label: str, quiet: bool = False) -> dict:
             "top": [{"ms": ms, "count": c, "kernel": n} for ms, c, n in rows[:25]]}
 
 
-def peak_tflops(fast: bool) -> float | None:
-    name = torch.cuda.get_device_name()
-    for card, peaks in PEAKS.items():
-        if card in name:
-            return peaks["bf16" if fast else "fp32"]
-    return None
-
-
 def profile_variant(label: str, backend, args, peak) -> tuple[dict, list]:
     steps = make_steps(backend)
     row = {"variant": label}
@@ -143,7 +135,7 @@ def main() -> None:
                      f"--model-dir {args.model_dir} (or point --model-dir at a diffusers folder)")
         save_random_model(args.model_dir, ROOT / "src/suppresseot/data/clip-tokenizer", size=args.size)
     options = dict(device="cuda", fast=args.fast, dtype="bfloat16" if args.fast else "float32", cuda_graphs=False)
-    peak = peak_tflops(args.fast)
+    peak = card_peak(torch.cuda.get_device_name(), "bf16" if args.fast else "fp32")
     rows, tables = [], []
     variants = [("default", {})] + ([("compiled", {"compile_unet": True})] if args.compile else [])
     for label, extra in variants:
