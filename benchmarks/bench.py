@@ -12,8 +12,9 @@ loads the same weights with no download, then runs each implementation on each m
 - ``eager``: ``faithful`` with CUDA graphs off (on by default on a GPU), to show what they save and that
   they change no result;
 - ``fast``: this project, torch backend, ``fast=True`` in bf16 (or fp16, ``--fast-dtype``), CUDA graphs on;
-- ``compiled``: ``fast`` with ``compile_unet=True`` (``--compile``: the UNet calls that record no maps run
-  through torch.compile; compilation happens in the untimed warm-up and is reported under ``setup_s``);
+- ``compiled``: ``fast`` with ``compile_unet=True`` (``--compile``: the UNet's ResNet blocks and feed-forward
+  layers run through torch.compile in every call; compilation happens in the untimed warm-up and is reported under
+  ``setup_s``);
 - ``jittor``: this project, jittor backend, fp32 (``--backends torch,jittor``; on CUDA its steps are recorded
   with jittor.vcompiler, the backend's default: ``--no-jittor-static-graphs`` runs them eagerly); skipped with its
   reason when jittor cannot run here;

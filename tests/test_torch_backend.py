@@ -173,11 +173,12 @@ def test_fused_attention_and_nhwc_defaults_and_what_they_change(tiny_model_dir):
     assert model.backend.info()["fused_attention"] is True
 
 
-def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
-    """``compile_unet`` sends the UNet calls that record no maps through torch.compile: the same values and
-    gradients (traced here with a counting backend that runs the captured graph as is; on a GPU inductor
-    fuses it), one graph per batch shape and grad mode (not one per timestep: the timestep goes in as a
-    tensor), and recorded calls stay eager so the recorder still gets its maps. Jittor refuses the option."""
+def test_compiled_unet_modules_serve_every_call_once_per_shape(tiny_model_dir):
+    """``compile_unet`` sends the UNet's ResNet blocks and feed-forward layers through torch.compile, in every
+    call: recorded passes, passes that end at the maps and gradients give the eager values (traced here with a
+    counting backend that runs the captured graphs as they are; on a GPU inductor fuses them), with one graph
+    per module shape, batch and grad mode (not one per timestep, not one per recorder), and no graph breaks at
+    the recorded attention layers, which stay outside. Jittor refuses the option."""
     from suppresseot.algorithm.attention import ALL_PLACES, AttentionRecorder
     from suppresseot.api import SuppressEOT, load_backend
     from suppresseot.backends.torch_backend import TorchBackend
@@ -190,27 +191,40 @@ def test_compiled_unet_serves_unrecorded_calls_once_per_shape(tiny_model_dir):
         graphs.append(graph_module)
         return graph_module.forward
 
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     eager = TorchBackend(tiny_model_dir, device="cpu")
     compiled = TorchBackend(tiny_model_dir, device="cpu", compile_unet=counting)
     assert eager.info()["compile_unet"] is False and compiled.info()["compile_unet"] == "custom"
     torch.manual_seed(5)
     latent = torch.randn(2, 4, 64, 64)
     embedding = torch.randn(2, 77, eager.text_encoder.config.hidden_size)
-    expected = _output_loss_and_gradient(eager, latent, embedding, 301)
-    for t in (301, 281):  # a second timestep reuses both graphs
-        got = _output_loss_and_gradient(compiled, latent, embedding, t)
-        if t == 301:
-            for a, b in zip(got, expected):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    assert len(graphs) == 2  # batch 2 without grad, batch 1 with grad
 
-    recorder = AttentionRecorder()
-    with torch.no_grad():
-        compiled.unet(latent, 301, embedding, recorder=recorder)
-        compiled.record_attention(latent, 301, embedding, AttentionRecorder())
-    assert len(graphs) == 2 and recorder.aggregate(True, ALL_PLACES).shape[-1] == 77
-    _output_loss_and_gradient(compiled, latent, embedding, 261)  # map-only passes in between: no recompile
-    assert len(graphs) == 2
+    def calls(backend, t):
+        recorder, maps = AttentionRecorder(batch=2), AttentionRecorder()
+        with torch.no_grad():
+            backend.unet(latent, t, embedding, recorder=recorder)
+
+        def map_loss(x):  # ITO's kind of pass: to the maps only, under autograd
+            recorder = AttentionRecorder()
+            backend.record_attention(latent[:1], t, x, recorder)
+            return recorder.aggregate(False, ALL_PLACES).square().sum(), None
+        value, _, grad = backend.value_and_grad(map_loss, embedding[:1])
+        with torch.no_grad():
+            backend.record_attention(latent[:1], t, embedding[:1], maps)
+        return (*_output_loss_and_gradient(backend, latent, embedding, t), recorder.aggregate(True, ALL_PLACES, tasks=2),
+                value, grad, maps.aggregate(True, ALL_PLACES))
+
+    expected = calls(eager, 301)
+    got = calls(compiled, 301)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert got[3].shape[-1] == 77
+    made = len(graphs)
+    assert made > 0
+    calls(compiled, 281)  # another timestep, new recorders: nothing compiles again
+    assert len(graphs) == made
+    assert not torch._dynamo.utils.counters["graph_break"]
 
     parse = build_parser().parse_args
     assert parse(["generate", "a cat", "--suppress-words", "cat"]).compile is False

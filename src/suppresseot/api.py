@@ -132,8 +132,8 @@ def load_backend(name: str, model_dir: Path, device: str, dtype: str | None = No
       results, lower peak; default on wherever there is a GPU);
     - ``fused_attention``: run layers whose maps are not read through fused SDPA (rounds differently from
       the official explicit attention by ~1e-6 a call; default on a GPU or in fast mode);
-    - ``compile_unet``: run the UNet calls that record no maps through ``torch.compile`` (fewer, fused
-      kernels; minutes of compilation per batch shape on first use; default off).
+    - ``compile_unet``: run the UNet's ResNet blocks and feed-forward layers through ``torch.compile`` in
+      every call (fewer, fused kernels; minutes of compilation per batch shape on first use; default off).
 
     The Jittor backend's: ``static_graphs``: record each repeated step once with ``jittor.vcompiler`` and
     replay it (CUDA only; default on with CUDA).
@@ -197,8 +197,8 @@ class SuppressEOT:
         GPU): keep the text encoder and VAE in CPU memory between uses (default None = on; False keeps them on
         the GPU, ~0.1 s faster an image, 0.75 GiB more peak in fp32). ``fused_attention`` (PyTorch): SDPA on the
         layers whose maps are not read (default None = on a GPU or with ``fast``; False computes every layer
-        explicitly, the official arithmetic). ``compile_unet`` (PyTorch): ``torch.compile`` the UNet calls that
-        record no attention maps (default off: minutes of compilation per batch shape, then fewer kernels).
+        explicitly, the official arithmetic). ``compile_unet`` (PyTorch): ``torch.compile`` the UNet's ResNet blocks
+        and feed-forward layers (default off: minutes of compilation per batch shape, then fewer kernels).
         ``static_graphs`` (Jittor on CUDA): record each repeated step once with ``jittor.vcompiler`` and replay it
         (default None = on with CUDA; False for eager steps)."""
         if backend not in BACKENDS:

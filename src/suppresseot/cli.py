@@ -127,10 +127,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "differently from the official explicit attention, ~1e-6 a call; much less memory; "
                         "default: on a GPU or with --fast, off on the CPU)")
     g.add_argument("--compile", action="store_true",
-                   help="PyTorch: run the UNet passes that record no attention maps (null-text, inversion, the "
-                        "unconditional pass) through torch.compile: fused kernels, faster on a GPU, rounding "
-                        "moves slightly; the first image of each batch shape waits minutes for the compiler "
-                        "(cached on disk for later runs; default: off)")
+                   help="PyTorch: run the UNet's ResNet blocks and feed-forward layers through torch.compile in "
+                        "every pass (sampling, ITO, inversion, null-text): fused kernels, faster on a GPU, "
+                        "rounding moves slightly; the first image of each batch shape waits minutes for the "
+                        "compiler (cached on disk for later runs; default: off)")
     g.add_argument("--static-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="Jittor on a CUDA GPU: record each repeated step once with jittor.vcompiler and replay it "
                         "(UNet passes 10-24%% faster on an H200, results within TF32 rounding; default: on with "

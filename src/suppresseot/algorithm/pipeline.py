@@ -302,28 +302,37 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
 
     one_pass = backend.one_pass_guidance
 
-    def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
-        # the official layout: the unconditional pass, then the conditional one, which alone is recorded; a
-        # host-bound backend runs both as one pass of twice the batch (half the launches, the same samples)
-        recorder = (AttentionRecorder(resolution, batch=2 * tasks, skip=2 * tasks if one_pass else 0)
-                    if capture_maps else None)
-        if one_pass:
-            both = backend.cat([latents, latents])
-            eps = as_noise(backend.unet(both, t, backend.cat([uncond, uncond, text, edited]), recorder=recorder),
-                           both, conversion, prediction_type)
-            eps_uncond, eps_cond = eps[0:2 * tasks], eps[2 * tasks:]
-        else:
-            eps_uncond = as_noise(backend.unet(latents, t, backend.cat([uncond, uncond])), latents, conversion,
-                                  prediction_type)
-            eps_cond = as_noise(backend.unet(latents, t, backend.cat([text, edited]), recorder=recorder), latents,
-                                conversion, prediction_type)
-        latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
-        maps = [] if recorder is None else [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b,
-                                                               tasks=tasks, branches=2)
-                                            for is_cross in (True, False) for b in (0, 1)]
-        return latents, maps
+    def make_denoising_step(branches: int):
+        """One guided DDIM step of ``branches`` x K samples: both branches (original, edited), or where they are
+        the same image (before SWR starts, ``unedited_steps_once``) the original alone. Returns the latents and
+        the step's maps, (cross, self) x (original, edited)."""
+        def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
+            # the official layout: the unconditional pass, then the conditional one, which alone is recorded;
+            # ``one_pass_guidance`` runs both as one pass of twice the batch (the same samples)
+            n = branches * tasks
+            unconds, conds = backend.cat([uncond] * branches), backend.cat([text, edited][:branches])
+            recorder = AttentionRecorder(resolution, batch=n, skip=n if one_pass else 0) if capture_maps else None
+            if one_pass:
+                both = backend.cat([latents, latents])
+                eps = as_noise(backend.unet(both, t, backend.cat([unconds, conds]), recorder=recorder), both,
+                               conversion, prediction_type)
+                eps_uncond, eps_cond = eps[0:n], eps[n:]
+            else:
+                eps_uncond = as_noise(backend.unet(latents, t, unconds), latents, conversion, prediction_type)
+                eps_cond = as_noise(backend.unet(latents, t, conds, recorder=recorder), latents, conversion,
+                                    prediction_type)
+            latents = move(latents, eps_uncond + guidance * (eps_cond - eps_uncond), coefficients)
+            if recorder is None:
+                return latents, []
+            if branches == 1:  # the edited branch's maps are the original's
+                return latents, [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, halves=False, tasks=tasks)
+                                 for is_cross in (True, True, False, False)]
+            return latents, [recorder.aggregate(is_cross, CROSS_REFERENCE_PLACES, select=b, tasks=tasks, branches=2)
+                             for is_cross in (True, False) for b in (0, 1)]
+        return backend.compile_step(denoising_step)
 
-    denoising_step = backend.compile_step(denoising_step)
+    both_branches = make_denoising_step(2)
+    one_branch = make_denoising_step(1) if backend.unedited_steps_once else None
     latents = backend.cat([start_latent, start_latent])
     # SWR of the prompt's embedding: the official code redoes it at every step from step ``first`` on (ITO
     # edits do not carry over); it depends on nothing that changes, so it is done once, uploaded once
@@ -355,9 +364,13 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
                 [optimized[b:b + 1] if r else edited[b:b + 1] for b, r in enumerate(regularized)])
             bar.set_postfix(loss=f"{max(o.ito_log[-1]['total'] for o, r in zip(outs, regularized) if r):.4g}")
         uncond = uncond_per_step[i]
+        arguments = (t, uncond, text, edited, schedule.coefficients(t), schedule.noise_conversion(t))
         with backend.no_grad():
-            latents, step_maps = denoising_step(latents, t, uncond, text, edited, schedule.coefficients(t),
-                                                schedule.noise_conversion(t))
+            if i < first and backend.unedited_steps_once:  # the branches are the same image until SWR starts
+                latent, step_maps = one_branch(latents[0:tasks], *arguments)
+                latents = backend.cat([latent, latent])
+            else:
+                latents, step_maps = both_branches(latents, *arguments)
         if step_maps:
             map_sums = step_maps if map_sums is None else [s + m for s, m in zip(map_sums, step_maps)]
     bar.close()

@@ -44,7 +44,9 @@ class RecordingAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        recorder = self.backend.recorder
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.backend.recorder)
+
+    def attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, recorder):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -190,7 +192,6 @@ def pick_device(device: str) -> str:
 
 class TorchBackend:
     name = "torch"
-    one_pass_guidance = False  # the official two passes: CUDA graphs take the launches off the host anyway
 
     def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "float32", fast: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool | None = None,
@@ -217,6 +218,10 @@ class TorchBackend:
         # needs: DDIM inversion + null-text amplify SDPA's rounding past its 1e-4 tolerance (2e-4 to 8e-3 seen).
         self.fused_attention = (fast or on_gpu) if fused_attention is None else bool(fused_attention)
         self.fast = fast
+        # Faithful keeps the official batches: two guidance passes of both branches, every step. Fast mode runs
+        # guidance as one pass of twice the batch (larger GEMMs and convolutions, half the kernels) and the steps
+        # before SWR starts, where the branches are the same image, once: the same samples, other rounding.
+        self.one_pass_guidance = self.unedited_steps_once = fast
         # Explicit attention under autograd: recompute the probabilities in the backward pass instead of
         # storing them, on recorded layers too (their recorder reduction is recomputed with them), exact;
         # see RecordingAttnProcessor.
@@ -298,24 +303,31 @@ class TorchBackend:
         self.unet_model.up_blocks[0].register_forward_pre_hook(self._end_before("up"))
         if self.unet_model.mid_block is not None:
             self.unet_model.mid_block.register_forward_pre_hook(self._end_before("mid"))
-        # torch.compile (inductor) for the UNet calls that record no maps: null-text iterations, inversion
-        # steps, unconditional passes, i.e. most of a real photo's work. It fuses the normalizations, layout
-        # copies and pointwise ops around the GEMMs and convolutions into fewer kernels (a bf16 null-text
-        # iteration replayed on an H200: 15 -> 12 ms, benchmarks/probes/profile_steps.py --compile), at the price of a
-        # compilation per batch shape and grad mode (minutes; inductor caches it on disk). Recorded calls stay
-        # eager: the recorder is Python state that a compiled graph cannot hand maps to. Opt-in; True means
+        # torch.compile (inductor) of the UNet's ResNet blocks and feed-forward layers, for every call: it fuses
+        # the group norms, activations, layout copies and pointwise ops around their convolutions and GEMMs
+        # into fewer kernels (a whole compiled UNet took a bf16 null-text iteration from 15 to 12 ms on an H200,
+        # benchmarks/probes/profile_steps.py --compile). Module by module, not the whole UNet: the attention
+        # layers stay out (the recorder that takes their maps is Python state, which a graph would break at), so
+        # passes that record maps, end early (``record_attention``) or take gradients all run compiled code,
+        # and a compiled module serves every layer of its shape. The price: a compilation per module shape,
+        # batch and grad mode (minutes on a fresh machine; inductor caches them on disk). Opt-in; True means
         # inductor, a string or callable is handed to torch.compile as its backend (tests trace without codegen).
         named = callable(compile_unet) or isinstance(compile_unet, str)
         self.compile_unet = compile_unet if named else bool(compile_unet)
-        self._compiled_unet = None
         if self.compile_unet:
             import torch._dynamo.config as dynamo_config
+            from diffusers.models.attention import FeedForward
+            from diffusers.models.resnet import ResnetBlock2D
 
-            # one graph per (batch shape, grad mode): a batch run meets a handful; 8 is dynamo's default cap
-            limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-            setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
+            # one graph per module shape, batch and grad mode: a run meets dozens; dynamo's default cap is 8 a
+            # code object
+            for limit in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, limit):
+                    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 512))
             backend = "inductor" if self.compile_unet is True else self.compile_unet
-            self._compiled_unet = torch.compile(self.unet_model, backend=backend, dynamic=False)
+            for module in self.unet_model.modules():
+                if isinstance(module, (ResnetBlock2D, FeedForward)):
+                    module.forward = torch.compile(module.forward, backend=backend, dynamic=False)
 
     # --- models -------------------------------------------------------------------------------
     # The algorithm's tensors (latents, embeddings, null-text and Adam state, losses) stay float32 whatever
@@ -363,10 +375,6 @@ class TorchBackend:
             if self.channels_last:
                 latents = latents.contiguous(memory_format=torch.channels_last)  # .to(dtype) keeps the layout
             model = self.unet_model
-            if self._compiled_unet is not None and recorder is None:
-                model = self._compiled_unet
-                if not isinstance(t, torch.Tensor):  # a Python int would be a constant: one compilation per step
-                    t = torch.tensor(t, device=self.device)
             extra = {}
             if self._time_ids is not None:  # SDXL: the pooled row goes to the added conditioning
                 tokens = self.family.layout.tokens
@@ -560,7 +568,7 @@ class TorchBackend:
         """What a captured graph has baked in besides its function: the attention and layout choices, the
         compiled UNet, the TF32 switches."""
         return (self.fused_attention, self.channels_last, self.recompute_attention, self.attention_slice_bytes,
-                id(self._compiled_unet), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+                self.compile_unet is not False, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 
     def _note_replay(self) -> None:
         self._replay_allocated = max(self._replay_allocated, torch.cuda.memory_allocated(self.device))
@@ -615,7 +623,8 @@ class TorchBackend:
                 "transformers": transformers.__version__, "device": self.device, "dtype": self.dtype,
                 "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention,
                 "attention_slice_bytes": self.attention_slice_bytes,
-                "fast": self.fast, "cuda_graphs": self.cuda_graphs, "offload_models": self.offload_models,
+                "fast": self.fast, "one_pass_guidance": self.one_pass_guidance,
+                "unedited_steps_once": self.unedited_steps_once, "cuda_graphs": self.cuda_graphs, "offload_models": self.offload_models,
                 "compile_unet": self.compile_unet if isinstance(self.compile_unet, (bool, str)) else "custom",
                 "channels_last": self.channels_last,
                 # graphs captured so far in this process (later images replay them) and what capturing took
