@@ -78,9 +78,9 @@ def test_generate_many_equals_generate_one_by_one(model):
 
 @pytest.mark.slow
 def test_fast_batches_give_the_official_batches_results(model, small_model_dir):
-    """Fast mode's batches: guidance's two halves in one pass of twice the batch, and the steps before SWR
-    starts (where the branches are one image) run once. The official batches (faithful's) give the same
-    latents, ITO losses and maps, for a group of two tasks."""
+    """Fast mode's batches: guidance's two halves in one pass of twice the batch (its unconditional half through
+    fused attention in the recorded layers too), and the steps before SWR starts (where the branches are one
+    image) run once. The official batches give the same latents, ITO losses and maps, for a group of two tasks."""
     from suppresseot import SuppressEOT
 
     backend = model.backend
@@ -88,21 +88,22 @@ def test_fast_batches_give_the_official_batches_results(model, small_model_dir):
     fast = SuppressEOT.from_pretrained(small_model_dir, device="cpu", fast=True, progress=False).backend.info()
     assert fast["one_pass_guidance"] and fast["unedited_steps_once"]
     prompts, suppress, seeds = ["A dog in Van Gogh Style", "A man with a beard wearing glasses"], [[4, 5, 6], "glasses"], [2, 7]
-    official = model.generate_many(prompts, suppress, seeds, **SHORT)
-    batches, unet = [], backend.unet
-
-    def counting(latents, t, context, recorder=None):
-        if recorder is not None:
-            batches.append(latents.shape[0])
-        return unet(latents, t, context, recorder=recorder)
-
-    backend.unet = counting
-    backend.one_pass_guidance = backend.unedited_steps_once = True
+    backend.fused_attention = True  # fast mode's attention (on the CPU faithful's is explicit everywhere)
     try:
+        official = model.generate_many(prompts, suppress, seeds, **SHORT)
+        batches, unet = [], backend.unet
+
+        def counting(latents, t, context, recorder=None):
+            if recorder is not None:
+                batches.append(latents.shape[0])
+            return unet(latents, t, context, recorder=recorder)
+
+        backend.unet = counting
+        backend.one_pass_guidance = backend.unedited_steps_once = True
         compact = model.generate_many(prompts, suppress, seeds, **SHORT)
     finally:
-        backend.one_pass_guidance = backend.unedited_steps_once = False
-        del backend.unet
+        backend.one_pass_guidance = backend.unedited_steps_once = backend.fused_attention = False
+        backend.__dict__.pop("unet", None)
     # step 0 (before SWR): the originals' two halves in one pass; steps 1-3: both branches' (ITO's passes between)
     assert [b for b in batches if b != 2] == [4, 8, 8, 8]
     for a, b in zip(compact, official):

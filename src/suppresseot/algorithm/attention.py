@@ -50,6 +50,13 @@ class AttentionRecorder:
         halves = 2 if heads % 2 == 0 else 1
         return probs.reshape(self.batch, halves, heads // halves, queries, keys).sum(2)
 
+    def recorded_part(self) -> "AttentionRecorder":
+        """This recorder for a layer's recorded samples alone, for a backend that computes the skipped ones apart
+        (fused): it adds to the same totals."""
+        part = AttentionRecorder(self.resolution, self.batch, self.places)
+        part.totals = self.totals
+        return part
+
     def heads(self, rows: int) -> int:
         """Attention heads of a layer whose probabilities have ``rows`` rows (all samples of the pass)."""
         return rows // (self.skip + self.batch)

@@ -44,9 +44,7 @@ class RecordingAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.backend.recorder)
-
-    def attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, recorder):
+        recorder = self.backend.recorder
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -80,30 +78,18 @@ class RecordingAttnProcessor:
             weights = weights.repeat_interleave(attn.heads, 0)[:, None, :]
 
         wanted = recorder is not None and recorder.wants(query.shape[1], self.place)
-        if self.backend.fused_attention and not wanted:
+        n = recorder.skip if wanted else 0
+        if n and self.backend.fused_attention and attention_mask is None:
+            # guidance's two halves in one pass (one_pass_guidance): the unrecorded half goes through the fused
+            # kernel, only the recorded samples explicitly
             heads = attn.heads
-            q, k, v = (x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
-            hidden_states = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scale)
-            hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, heads * q.shape[-1])
+            hidden_states = torch.cat([
+                self._attention(attn, query[:n], key[:n], value[:n], None, None, None, is_cross),
+                self._attention(attn, query[n:], key[n:], value[n:], None, recorder.recorded_part(),
+                                None if weights is None else weights[n * heads:], is_cross)])
         else:
-            query = attn.head_to_batch_dim(query)
-            key = attn.head_to_batch_dim(key)
-            value = attn.head_to_batch_dim(value)
-            if wanted and self.backend.recompute_attention and torch.is_grad_enabled():
-                # ITO: keep q, k, v, not the probabilities, for the backward pass (SDXL: 60 recorded layers)
-                hidden_states, reduced = checkpoint(_recorded_attention, attn, query, key, value, attention_mask,
-                                                    recorder.reduce, weights, use_reentrant=False,
-                                                    preserve_rng_state=False)
-                recorder.add(reduced, recorder.heads(query.shape[0]), is_cross, self.place)
-            elif wanted:
-                probs = attn.get_attention_scores(query, key, attention_mask)
-                recorder(probs if weights is None else probs * weights, is_cross, self.place)
-                hidden_states = torch.bmm(probs, value)
-            else:
-                hidden_states = _sliced_attention(attn, query, key, value, attention_mask,
-                                                  self.backend.attention_slice_bytes,
-                                                  self.backend.recompute_attention and torch.is_grad_enabled())
-            hidden_states = attn.batch_to_head_dim(hidden_states)
+            hidden_states = self._attention(attn, query, key, value, attention_mask, recorder if wanted else None,
+                                            weights, is_cross)
 
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -111,6 +97,35 @@ class RecordingAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def _attention(self, attn, query, key, value, attention_mask, recorder, weights, is_cross: bool):
+        """(batch, queries, heads * dim) attention of (batch, tokens, heads * dim) projections: fused where no
+        ``recorder`` takes the maps (and the backend fuses), else explicit, the recorder handed the (reweighted)
+        probabilities."""
+        batch_size = query.shape[0]
+        if self.backend.fused_attention and recorder is None:
+            heads = attn.heads
+            q, k, v = (x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
+            hidden_states = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scale)
+            return hidden_states.transpose(1, 2).reshape(batch_size, -1, heads * q.shape[-1])
+        query = attn.head_to_batch_dim(query)
+        key = attn.head_to_batch_dim(key)
+        value = attn.head_to_batch_dim(value)
+        if recorder is not None and self.backend.recompute_attention and torch.is_grad_enabled():
+            # ITO: keep q, k, v, not the probabilities, for the backward pass (SDXL: 60 recorded layers)
+            hidden_states, reduced = checkpoint(_recorded_attention, attn, query, key, value, attention_mask,
+                                                recorder.reduce, weights, use_reentrant=False,
+                                                preserve_rng_state=False)
+            recorder.add(reduced, recorder.heads(query.shape[0]), is_cross, self.place)
+        elif recorder is not None:
+            probs = attn.get_attention_scores(query, key, attention_mask)
+            recorder(probs if weights is None else probs * weights, is_cross, self.place)
+            hidden_states = torch.bmm(probs, value)
+        else:
+            hidden_states = _sliced_attention(attn, query, key, value, attention_mask,
+                                              self.backend.attention_slice_bytes,
+                                              self.backend.recompute_attention and torch.is_grad_enabled())
+        return attn.batch_to_head_dim(hidden_states)
 
 
 def _explicit_attention(attn, query, key, value, attention_mask):
