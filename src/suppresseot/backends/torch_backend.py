@@ -336,7 +336,8 @@ class TorchBackend:
 
             # one graph per module shape, batch and grad mode: a run meets dozens; dynamo's default cap is 8 a
             # code object
-            for limit in ("recompile_limit", "cache_size_limit"):
+            for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                          "accumulated_cache_size_limit"):
                 if hasattr(dynamo_config, limit):
                     setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 512))
             backend = "inductor" if self.compile_unet is True else self.compile_unet
