@@ -84,9 +84,9 @@ def test_fast_batches_give_the_official_batches_results(model, small_model_dir):
     from suppresseot import SuppressEOT
 
     backend = model.backend
-    assert not backend.one_pass_guidance and not backend.unedited_steps_once
+    assert not backend.one_pass_guidance and not backend.repeated_samples_once
     fast = SuppressEOT.from_pretrained(small_model_dir, device="cpu", fast=True, progress=False).backend.info()
-    assert fast["one_pass_guidance"] and fast["unedited_steps_once"]
+    assert fast["one_pass_guidance"] and fast["repeated_samples_once"]
     prompts, suppress, seeds = ["A dog in Van Gogh Style", "A man with a beard wearing glasses"], [[4, 5, 6], "glasses"], [2, 7]
     backend.fused_attention = True  # fast mode's attention (on the CPU faithful's is explicit everywhere)
     try:
@@ -99,10 +99,10 @@ def test_fast_batches_give_the_official_batches_results(model, small_model_dir):
             return unet(latents, t, context, recorder=recorder)
 
         backend.unet = counting
-        backend.one_pass_guidance = backend.unedited_steps_once = True
+        backend.one_pass_guidance = backend.repeated_samples_once = True
         compact = model.generate_many(prompts, suppress, seeds, **SHORT)
     finally:
-        backend.one_pass_guidance = backend.unedited_steps_once = backend.fused_attention = False
+        backend.one_pass_guidance = backend.repeated_samples_once = backend.fused_attention = False
         backend.__dict__.pop("unet", None)
     # step 0 (before SWR): the originals' two halves in one pass; steps 1-3: both branches' (ITO's passes between)
     assert [b for b in batches if b != 2] == [4, 8, 8, 8]
@@ -112,6 +112,40 @@ def test_fast_batches_give_the_official_batches_results(model, small_model_dir):
         assert relative(a.cross_attention, b.cross_attention) < GENERATED_RTOL
         assert relative(a.self_attention, b.self_attention) < GENERATED_RTOL
     assert relative(compact[0].final_latents, compact[1].final_latents) > 0.1
+
+
+@pytest.mark.slow
+def test_fast_null_text_reuses_the_conditional_half(model):
+    """A null-text step ends with a guided pass over [unconditional, conditional] on the latent whose conditional
+    prediction the step began with: fast mode reuses that one (a batch-1 pass instead of batch 2), with the
+    official batches' losses and embeddings."""
+    from suppresseot.config import InversionSettings
+
+    backend, photo = model.backend, EXAMPLES / "A man with a beard wearing glasses and a hat in blue shirt.jpg"
+    inversion = InversionSettings(method="nt", inner_steps=2)
+    unet, passes = backend.unet, []
+
+    def counting(latents, t, context, recorder=None):
+        import torch
+
+        if not torch.is_grad_enabled():
+            passes.append(latents.shape[0])
+        return unet(latents, t, context, recorder=recorder)
+
+    backend.fused_attention, backend.unet = True, counting
+    try:
+        official = model.invert(photo, photo.stem, inversion, steps=4)
+        backend.repeated_samples_once = True
+        compact = model.invert(photo, photo.stem, inversion, steps=4)
+    finally:
+        backend.repeated_samples_once = backend.fused_attention = False
+        backend.__dict__.pop("unet", None)
+    # DDIM inversion's 4 passes, then per step the conditional pass and the closing one: batch 2, then batch 1
+    assert passes == [1] * 4 + [1, 2] * 4 + [1] * 4 + [1, 1] * 4
+    np.testing.assert_allclose([r["loss"] for r in compact.null_text_log], [r["loss"] for r in official.null_text_log],
+                               rtol=REAL_RTOL)
+    for a, b in zip(compact.uncond_per_step, official.uncond_per_step):
+        assert relative(a.numpy(), b.numpy()) < REAL_RTOL
 
 
 @pytest.mark.slow

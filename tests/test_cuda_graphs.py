@@ -226,7 +226,7 @@ def test_fast_mode_compiled_and_graphed_on_the_gpu(tiny_model_dir):
     model = SuppressEOT.from_pretrained(tiny_model_dir, device="cuda", fast=True, dtype="float32", compile_unet=True,
                                         progress=False)
     info = model.backend.info()
-    assert info["compile_unet"] is True and info["one_pass_guidance"] and info["unedited_steps_once"]
+    assert info["compile_unet"] is True and info["one_pass_guidance"] and info["repeated_samples_once"]
     first = model.generate(PROMPT, "glasses", seed=3, **SHORT)
     captures = [step.captures for step in model.backend._step_cache.steps.values()]
     assert sorted(fn.fn.__name__ for fn in model.backend._step_cache.steps.values()) == [

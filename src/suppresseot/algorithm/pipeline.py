@@ -119,9 +119,17 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
                        prediction_type)
         return move(current, guided(eps[0:k], eps[k:2 * k]), coefficients)
 
+    def unconditional_step(current, t, uncond, eps_cond, coefficients, conversion):
+        # the same step reusing the conditional half, which the step's first pass computed on the same latent
+        eps_uncond = as_noise(backend.unet(current, t, uncond), current, conversion, prediction_type)
+        return move(current, guided(eps_uncond, eps_cond), coefficients)
+
     conditional_noise = backend.compile_step(conditional_noise)
     optimization_step = backend.compile_step(optimization_step)
-    denoising_step = backend.compile_step(denoising_step)
+    if backend.repeated_samples_once:
+        unconditional_step = backend.compile_step(unconditional_step)
+    else:
+        denoising_step = backend.compile_step(denoising_step)
     n = schedule.num_steps
     current = latents[-1]
     per_step = []
@@ -174,7 +182,9 @@ def null_text_optimization(backend, schedule: DDIMSchedule, latents: list, text,
         bar.set_postfix(loss=f"{max(values):.3g}")
         per_step.append(uncond)
         with backend.no_grad():
-            current = denoising_step(current, t, uncond, text, coefficients, conversion)
+            current = (unconditional_step(current, t, uncond, eps_cond, coefficients, conversion)
+                       if backend.repeated_samples_once else
+                       denoising_step(current, t, uncond, text, coefficients, conversion))
     bar.close()
     return per_step
 
@@ -304,7 +314,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
 
     def make_denoising_step(branches: int):
         """One guided DDIM step of ``branches`` x K samples: both branches (original, edited), or where they are
-        the same image (before SWR starts, ``unedited_steps_once``) the original alone. Returns the latents and
+        the same image (before SWR starts, ``repeated_samples_once``) the original alone. Returns the latents and
         the step's maps, (cross, self) x (original, edited)."""
         def denoising_step(latents, t, uncond, text, edited, coefficients, conversion):
             # the official layout: the unconditional pass, then the conditional one, which alone is recorded;
@@ -332,7 +342,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
         return backend.compile_step(denoising_step)
 
     both_branches = make_denoising_step(2)
-    one_branch = make_denoising_step(1) if backend.unedited_steps_once else None
+    one_branch = make_denoising_step(1) if backend.repeated_samples_once else None
     latents = backend.cat([start_latent, start_latent])
     # SWR of the prompt's embedding: the official code redoes it at every step from step ``first`` on (ITO
     # edits do not carry over); it depends on nothing that changes, so it is done once, uploaded once
@@ -366,7 +376,7 @@ def suppress_many(backend, schedule: DDIMSchedule, start_latent, text, text_np: 
         uncond = uncond_per_step[i]
         arguments = (t, uncond, text, edited, schedule.coefficients(t), schedule.noise_conversion(t))
         with backend.no_grad():
-            if i < first and backend.unedited_steps_once:  # the branches are the same image until SWR starts
+            if i < first and backend.repeated_samples_once:  # the branches are the same image until SWR starts
                 latent, step_maps = one_branch(latents[0:tasks], *arguments)
                 latents = backend.cat([latent, latent])
             else:

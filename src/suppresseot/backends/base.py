@@ -41,9 +41,10 @@ class Backend(Protocol):
     # sampling's guidance as one UNet pass over [uncond, cond] instead of the official two (same samples, half
     # the launches: for backends whose time goes to the host per op, not to the GPU's arithmetic)
     one_pass_guidance: bool
-    # sampling's steps before SWR starts, where both branches are the same image, run once and copied (half the
-    # work on those steps; rounds differently from the official batch of two): fast modes only
-    unedited_steps_once: bool
+    # a sample the official batches compute twice is computed once and reused (fast modes only; other rounding):
+    # sampling's steps before SWR starts, where both branches are the same image, and the conditional half of
+    # null-text's step-closing denoising pass, which the step's first pass already computed
+    repeated_samples_once: bool
 
     # --- models -------------------------------------------------------------------------------
     def encode_text(self, ids: list[int]) -> Tensor:

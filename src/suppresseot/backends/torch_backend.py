@@ -234,9 +234,9 @@ class TorchBackend:
         self.fused_attention = (fast or on_gpu) if fused_attention is None else bool(fused_attention)
         self.fast = fast
         # Faithful keeps the official batches: two guidance passes of both branches, every step. Fast mode runs
-        # guidance as one pass of twice the batch (larger GEMMs and convolutions, half the kernels) and the steps
-        # before SWR starts, where the branches are the same image, once: the same samples, other rounding.
-        self.one_pass_guidance = self.unedited_steps_once = fast
+        # guidance as one pass of twice the batch (larger GEMMs and convolutions, half the kernels) and computes
+        # once what those batches compute twice (see Backend.repeated_samples_once): the same samples, other rounding.
+        self.one_pass_guidance = self.repeated_samples_once = fast
         # Explicit attention under autograd: recompute the probabilities in the backward pass instead of
         # storing them, on recorded layers too (their recorder reduction is recomputed with them), exact;
         # see RecordingAttnProcessor.
@@ -640,7 +640,8 @@ class TorchBackend:
                 "fused_attention": self.fused_attention, "recompute_attention": self.recompute_attention,
                 "attention_slice_bytes": self.attention_slice_bytes,
                 "fast": self.fast, "one_pass_guidance": self.one_pass_guidance,
-                "unedited_steps_once": self.unedited_steps_once, "cuda_graphs": self.cuda_graphs, "offload_models": self.offload_models,
+                "repeated_samples_once": self.repeated_samples_once, "cuda_graphs": self.cuda_graphs,
+                "offload_models": self.offload_models,
                 "compile_unet": self.compile_unet if isinstance(self.compile_unet, (bool, str)) else "custom",
                 "channels_last": self.channels_last,
                 # graphs captured so far in this process (later images replay them) and what capturing took

@@ -80,7 +80,7 @@ class JittorBackend:
         # jittor's time goes to the host per op (docs/jittor.md): one batch-4 pass costs little more than a
         # batch-2 one, so sampling runs guidance's two halves together
         self.one_pass_guidance = bool(one_pass_guidance)
-        self.unedited_steps_once = False  # the official batch of two branches (faithful only)
+        self.repeated_samples_once = False  # the official batch of two branches (faithful only)
         self.record_step = None  # how static steps are recorded: jittor.vcompiler.build (set on first use)
         self._step_cache = StepCache()  # recorded steps kept for later images (see compile_step)
         self._tracing = False  # True while a step is being recorded: nothing may run, so no jt.sync
