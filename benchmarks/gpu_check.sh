@@ -12,7 +12,8 @@
 #
 # Parts (PARTS, default "tests bench"), each recorded PASS or FAIL with its seconds, the next run either way:
 #   tests  python3 -m pytest -q -m gpu tests/: every test marked gpu (CUDA graphs against eager runs, the graph
-#          cache replaying a first image's graphs, fast mode compiled and graphed); FAIL also when torch sees no CUDA GPU or no test passed
+#          cache replaying a first image's graphs, fast mode compiled and graphed); FAIL also when torch sees no
+#          CUDA GPU or no test passed
 #   bench  benchmarks/bench.py on the SD-v1.4-shaped random model (--size sd-v1, built into WORKDIR/model-sd-v1
 #          while the tests run, reused by later calls): modes gen0,gen10, implementations diffusers,faithful,fast,
 #          20 DDIM steps; bench.json and bench.md in WORKDIR/bench. FAIL when bench.py fails or an implementation or
