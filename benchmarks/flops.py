@@ -179,10 +179,10 @@ def run_flops(f: StepFlops, steps: int = 50, first: int = 10, ito_steps: int = 1
     faithful's batches, or with ``repeated_once`` a backend that computes once what those compute twice
     (``repeated_samples_once``: the ``first`` steps before SWR for one branch, null-text's closing pass for the
     unconditional half)."""
-    once = steps if not repeated_once else steps - first  # steps that denoise both branches
+    both = steps - first if repeated_once else steps  # steps that denoise both branches; the rest one branch
 
     def sampling(ito: bool) -> int:
-        return f.text_encoding + once * f.denoising_step_two_passes + (steps - once) * (
+        return f.text_encoding + both * f.denoising_step_two_passes + (steps - both) * (
             f.denoising_step_two_passes // 2) + 2 * f.vae_decode + (
             ito_steps * (f.reference_maps + iterations * f.ito_iteration) if ito else 0)
 
